@@ -1,0 +1,30 @@
+import { createRequire } from "node:module";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+/** The C++ addon (native/blockops.cc): block-device and file syscalls Node lacks. */
+export interface BlockOps {
+  blkGetSize64(fd: number): bigint;
+  blkLogicalBlockSize(fd: number): number;
+  blkPhysicalBlockSize(fd: number): number;
+  peerCred(fd: number): { pid: number; uid: number; gid: number };
+  punchHole(fd: number, offset: number | bigint, length: number | bigint): Promise<void>;
+  zeroRange(fd: number, offset: number | bigint, length: number | bigint): Promise<void>;
+  blkDiscard(fd: number, offset: number | bigint, length: number | bigint): Promise<void>;
+  blkZeroOut(fd: number, offset: number | bigint, length: number | bigint): Promise<void>;
+  punchHoleSync(fd: number, offset: number | bigint, length: number | bigint): void;
+}
+
+function packageRoot(): string {
+  // This module lives at <root>/daemon/io/native.ts (tsx) or <root>/dist/daemon/io/native.js (built).
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 5; i++) {
+    const parent = path.dirname(dir);
+    if (path.basename(dir) === "daemon") return path.basename(parent) === "dist" ? path.dirname(parent) : parent;
+    dir = parent;
+  }
+  throw new Error("cannot locate the tsdm package root from " + import.meta.url);
+}
+
+const require = createRequire(import.meta.url);
+export const native: BlockOps = require(path.join(packageRoot(), "build", "Release", "blockops.node"));

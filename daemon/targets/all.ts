@@ -1,0 +1,14 @@
+/**
+ * Registers the built-in target types. Each import below adds one target; keep them in this one place.
+ */
+import { registerTargetType } from "./index.js";
+import { linearTarget } from "./linear.js";
+import { zeroTarget } from "./zero.js";
+import { errorTarget } from "./error.js";
+
+let registered = false;
+export function registerBuiltinTargets(): void {
+  if (registered) return;
+  registered = true;
+  for (const t of [linearTarget, zeroTarget, errorTarget]) registerTargetType(t);
+}
