@@ -1,0 +1,97 @@
+import fs from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import { Server, ServerCredentials, type ServerInterceptor } from "@grpc/grpc-js";
+import { HealthImplementation } from "grpc-health-check";
+import { DeviceMapperServiceService } from "../../gen/tsdm/v1/tsdm.js";
+import type { Logger } from "../core/log.js";
+import { addReflection } from "./reflection.js";
+import { createService, type ServiceOptions } from "./service.js";
+
+export interface ApiServerOptions extends ServiceOptions {
+  log: Logger;
+  interceptors?: ServerInterceptor[];
+}
+
+/**
+ * The gRPC server: the DeviceMapperService, the standard health service and reflection, on a unix socket
+ * (mode 0600, or 0660 for a group) and optionally on TCP with mTLS.
+ */
+export class ApiServer {
+  readonly server: Server;
+  readonly health: HealthImplementation;
+  private readonly unixPaths: string[] = [];
+
+  constructor(private readonly opts: ApiServerOptions) {
+    this.server = new Server({ "grpc.keepalive_time_ms": 60_000, interceptors: opts.interceptors ?? [] });
+    this.server.addService(DeviceMapperServiceService, createService(opts));
+    this.health = new HealthImplementation({ "": "SERVING", "tsdm.v1.DeviceMapperService": "SERVING" });
+    this.health.addToServer(this.server);
+    if (!addReflection(this.server)) opts.log.warn("descriptor set not found: gRPC reflection disabled");
+  }
+
+  /** Bind the control socket. A stale socket file is replaced; a live daemon's socket is refused. */
+  async listenUnix(socketPath: string, opts: { group?: number } = {}): Promise<void> {
+    await claimSocketPath(socketPath);
+    const old = process.umask(0o177);
+    try {
+      await this.bind(`unix://${path.resolve(socketPath)}`, ServerCredentials.createInsecure());
+    } finally {
+      process.umask(old);
+    }
+    if (opts.group !== undefined) {
+      fs.chownSync(socketPath, process.getuid?.() ?? 0, opts.group);
+      fs.chmodSync(socketPath, 0o660);
+    }
+    this.unixPaths.push(socketPath);
+  }
+
+  /** TCP with TLS and required client certificates. Returns the bound port. */
+  async listenTls(hostPort: string, tls: { ca: Buffer; cert: Buffer; key: Buffer }): Promise<number> {
+    const creds = ServerCredentials.createSsl(tls.ca, [{ cert_chain: tls.cert, private_key: tls.key }], true);
+    return this.bind(hostPort, creds);
+  }
+
+  private bind(address: string, creds: ServerCredentials): Promise<number> {
+    return new Promise((resolve, reject) => this.server.bindAsync(address, creds, (err, port) => (err ? reject(err) : resolve(port))));
+  }
+
+  async close(): Promise<void> {
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        this.server.forceShutdown();
+        resolve();
+      }, 2000);
+      this.server.tryShutdown(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+    for (const p of this.unixPaths) fs.rmSync(p, { force: true });
+  }
+}
+
+/**
+ * Make `socketPath` usable: create its directory (0755 — the socket's own mode is the gate), and remove a
+ * stale socket file. If something answers on it, another daemon owns it: refuse.
+ */
+export async function claimSocketPath(socketPath: string): Promise<void> {
+  fs.mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o755 });
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(socketPath);
+  } catch {
+    return;
+  }
+  if (!st.isSocket()) throw new Error(`${socketPath} exists and is not a socket`);
+  const alive = await new Promise<boolean>((resolve) => {
+    const s = net.connect(socketPath);
+    s.once("connect", () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once("error", () => resolve(false));
+  });
+  if (alive) throw new Error(`${socketPath} is in use by a running daemon`);
+  fs.rmSync(socketPath, { force: true });
+}

@@ -1,0 +1,105 @@
+import fs from "node:fs";
+import path from "node:path";
+import { ApiServer } from "./api/server.js";
+import { AuditLog, auditInterceptor } from "./api/audit.js";
+import { authzInterceptor, loadAuthz } from "./api/authz.js";
+import { ConfigError, parseConfig, USAGE, type DaemonConfig } from "./config.js";
+import { createLogger, type Logger } from "./core/log.js";
+import { DeviceRegistry } from "./device/registry.js";
+import { NbdServer } from "./nbd/server.js";
+import { registerBuiltinTargets } from "./targets/all.js";
+
+export const VERSION = "0.1.0";
+
+export interface RunningDaemon {
+  readonly config: DaemonConfig;
+  readonly registry: DeviceRegistry;
+  stop(): Promise<void>;
+}
+
+/** Start every part of tsdmd: registry, NBD server, gRPC API (unix socket, optional mTLS TCP). */
+export async function startDaemon(config: DaemonConfig, log: Logger = createLogger({ level: config.logLevel })): Promise<RunningDaemon> {
+  registerBuiltinTargets();
+  fs.mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
+  const registry = new DeviceRegistry(log.child({ component: "registry" }), { devDir: config.devDir });
+
+  const nbd = new NbdServer({ registry, log: log.child({ component: "nbd" }) });
+  await nbd.listenUnix(config.nbdSocket);
+  if (config.nbdListen) await nbd.listenTcp(config.nbdListen.host, config.nbdListen.port);
+
+  const audit = new AuditLog(path.join(config.stateDir, "audit.log"));
+  const policy = config.authz ? loadAuthz(config.authz) : undefined;
+  const nbdSocket = path.resolve(config.nbdSocket);
+  const api = new ApiServer({
+    registry,
+    version: VERSION,
+    log: log.child({ component: "api" }),
+    nbdUri: (name) => `nbd+unix:///${encodeURIComponent(name)}?socket=${nbdSocket}`,
+    interceptors: [authzInterceptor(policy, log.child({ component: "authz" })), auditInterceptor(audit)],
+  });
+  await api.listenUnix(config.socket, { group: config.group });
+  if (config.listen && config.tls) {
+    const port = await api.listenTls(config.listen, {
+      ca: fs.readFileSync(config.tls.ca),
+      cert: fs.readFileSync(config.tls.cert),
+      key: fs.readFileSync(config.tls.key),
+    });
+    log.info("remote API listening (mTLS)", { listen: config.listen, port });
+  }
+  log.info("tsdmd ready", { socket: config.socket, nbdSocket: config.nbdSocket, stateDir: config.stateDir, version: VERSION });
+
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> =>
+    (stopping ??= (async () => {
+      log.info("tsdmd stopping");
+      api.health.setStatus("", "NOT_SERVING");
+      await api.close();
+      await nbd.close();
+      // Tear devices down from the top of each stack: targets write their final state (dtr).
+      for (let progress = true; progress && registry.list().length > 0; ) {
+        progress = false;
+        for (const dev of registry.list()) {
+          if (dev.openCount > 0) continue;
+          await registry.remove(dev).then(() => (progress = true), (err) => log.error("teardown failed", { device: dev.name, error: String(err) }));
+        }
+      }
+      audit.close();
+    })());
+  return { config, registry, stop };
+}
+
+/** The tsdmd command line: start, then stop cleanly on SIGTERM/SIGINT. */
+export async function runTsdmd(argv: string[]): Promise<number> {
+  let config;
+  try {
+    config = parseConfig(argv);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`tsdmd: ${err.message}\n${USAGE}`);
+      return 2;
+    }
+    throw err;
+  }
+  if (config === "help") {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const log = createLogger({ level: config.logLevel });
+  let daemon: RunningDaemon;
+  try {
+    daemon = await startDaemon(config, log);
+  } catch (err) {
+    log.error("tsdmd failed to start", { error: (err as Error).message });
+    return 1;
+  }
+  await new Promise<void>((resolve) => {
+    const onSignal = (sig: string): void => {
+      log.info("signal received", { signal: sig });
+      resolve();
+    };
+    process.once("SIGTERM", onSignal);
+    process.once("SIGINT", onSignal);
+  });
+  await daemon.stop();
+  return 0;
+}
