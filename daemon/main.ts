@@ -6,6 +6,7 @@ import { authzInterceptor, loadAuthz } from "./api/authz.js";
 import { ConfigError, parseConfig, USAGE, type DaemonConfig } from "./config.js";
 import { createLogger, type Logger } from "./core/log.js";
 import { DeviceRegistry } from "./device/registry.js";
+import { DeviceStateStore } from "./device/persistence.js";
 import { NbdServer } from "./nbd/server.js";
 import { registerBuiltinTargets } from "./targets/all.js";
 
@@ -22,6 +23,12 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
   registerBuiltinTargets();
   fs.mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
   const registry = new DeviceRegistry(log.child({ component: "registry" }), { devDir: config.devDir });
+
+  // Devices of the previous run come back before anyone can connect.
+  const store = new DeviceStateStore(config.stateDir, registry, log.child({ component: "state" }));
+  const { restored, failed } = await store.restore();
+  if (restored.length || failed.length) log.info("devices restored", { restored, failed });
+  store.start();
 
   const nbd = new NbdServer({ registry, log: log.child({ component: "nbd" }) });
   await nbd.listenUnix(config.nbdSocket);
@@ -53,6 +60,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     (stopping ??= (async () => {
       log.info("tsdmd stopping");
       api.health.setStatus("", "NOT_SERVING");
+      store.stop(); // the teardown below must not erase what the next start restores
       await api.close();
       await nbd.close();
       // Tear devices down from the top of each stack: targets write their final state (dtr).

@@ -41,6 +41,8 @@ export class Table {
   private constructor(
     private readonly entries: TableEntry[],
     readonly readOnly: boolean,
+    /** The lines as loaded (what restart persistence replays). */
+    readonly spec: readonly TableLineSpec[],
   ) {
     this.starts = entries.map((e) => e.start);
   }
@@ -93,7 +95,7 @@ export class Table {
       await destroyEntries(entries);
       throw err;
     }
-    return new Table(entries, env.readOnly);
+    return new Table(entries, env.readOnly, lines.map((l) => ({ ...l })));
   }
 
   get size(): Sector {

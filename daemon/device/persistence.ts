@@ -1,0 +1,169 @@
+import fs from "node:fs";
+import path from "node:path";
+import type { Logger } from "../core/log.js";
+import type { Sector } from "../core/units.js";
+import type { MappedDevice } from "./mapped-device.js";
+import type { DeviceRegistry, RegistryEvent } from "./registry.js";
+import type { TableLineSpec } from "./table.js";
+
+/**
+ * Restart persistence: the devices, their tables (live and inactive) and their suspend state, kept in
+ * <state-dir>/devices.json. Written atomically (temp file, fsync, rename, fsync of the directory) after every
+ * control change, so a kill -9 at any point leaves either the old or the new state. Targets keep their own
+ * on-disk state (era metadata, bow log, log-writes log) and recover it in their constructors.
+ */
+interface PersistedDevice {
+  name: string;
+  uuid: string;
+  minor: number;
+  readOnly: boolean;
+  suspended: boolean;
+  live?: { readOnly: boolean; lines: PersistedLine[] };
+  inactive?: { readOnly: boolean; lines: PersistedLine[] };
+}
+
+interface PersistedLine {
+  start: number;
+  length: number;
+  type: string;
+  params: string;
+}
+
+interface StateFile {
+  version: 1;
+  devices: PersistedDevice[];
+}
+
+const STATE_FILE = "devices.json";
+
+export class DeviceStateStore {
+  private readonly file: string;
+  private listener: ((ev: RegistryEvent) => void) | undefined;
+  private pending = false;
+
+  constructor(
+    private readonly stateDir: string,
+    private readonly registry: DeviceRegistry,
+    private readonly log: Logger,
+  ) {
+    this.file = path.join(stateDir, STATE_FILE);
+  }
+
+  /** Save on every registry change from now on. */
+  start(): void {
+    this.listener = (ev) => {
+      if (ev.kind === "target_event") return;
+      this.save();
+    };
+    this.registry.on("event", this.listener);
+  }
+
+  /** Stop saving (a daemon shutdown tears devices down but they must come back on the next start). */
+  stop(): void {
+    if (this.listener) this.registry.off("event", this.listener);
+    this.listener = undefined;
+  }
+
+  save(): void {
+    // Several events can fire in one tick (create → load → resume): write once, at the end of the tick.
+    if (this.pending) return;
+    this.pending = true;
+    queueMicrotask(() => {
+      this.pending = false;
+      this.writeNow();
+    });
+  }
+
+  writeNow(): void {
+    const state: StateFile = { version: 1, devices: this.registry.list().map(snapshot) };
+    const tmp = `${this.file}.tmp`;
+    try {
+      const fd = fs.openSync(tmp, "w", 0o600);
+      fs.writeSync(fd, JSON.stringify(state, null, 2) + "\n");
+      fs.fsyncSync(fd);
+      fs.closeSync(fd);
+      fs.renameSync(tmp, this.file);
+      const dfd = fs.openSync(this.stateDir, "r");
+      fs.fsyncSync(dfd);
+      fs.closeSync(dfd);
+    } catch (err) {
+      this.log.error("could not save device state", { file: this.file, error: String(err) });
+    }
+  }
+
+  /**
+   * Bring back the saved devices. Devices are restored in dependency order (a device whose table names another
+   * tsdm device comes after it). A device whose table cannot be constructed (backing file gone, metadata
+   * unreadable) comes back without a live table, in an error state that `info`/`status` show, and I/O to it
+   * fails with EIO.
+   */
+  async restore(): Promise<{ restored: string[]; failed: { name: string; error: string }[] }> {
+    let state: StateFile;
+    try {
+      state = JSON.parse(fs.readFileSync(this.file, "utf8")) as StateFile;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return { restored: [], failed: [] };
+      throw new Error(`cannot read ${this.file}: ${(err as Error).message}`);
+    }
+    const restored: string[] = [];
+    const failed: { name: string; error: string }[] = [];
+    for (const d of dependencyOrder(state.devices)) {
+      const dev = this.registry.create({ name: d.name, uuid: d.uuid || undefined, readOnly: d.readOnly, minor: d.minor });
+      try {
+        if (d.live) {
+          await dev.load(toSpecs(d.live.lines), d.live.readOnly);
+          await dev.resume({ noflush: false });
+          if (d.suspended) await dev.suspend({ noflush: false });
+        }
+        if (d.inactive) await dev.load(toSpecs(d.inactive.lines), d.inactive.readOnly);
+        restored.push(d.name);
+      } catch (err) {
+        const message = err instanceof Error ? err.message : String(err);
+        dev.errorState = `table could not be restored after restart: ${message}`;
+        failed.push({ name: d.name, error: message });
+        this.log.error("device restored in error state", { device: d.name, error: message });
+      }
+    }
+    return { restored, failed };
+  }
+}
+
+function snapshot(dev: MappedDevice): PersistedDevice {
+  return {
+    name: dev.name,
+    uuid: dev.uuid,
+    minor: dev.minor,
+    readOnly: dev.readOnly,
+    suspended: dev.suspended,
+    live: dev.live ? { readOnly: dev.live.readOnly, lines: dev.live.spec.map(toPersisted) } : undefined,
+    inactive: dev.inactive ? { readOnly: dev.inactive.readOnly, lines: dev.inactive.spec.map(toPersisted) } : undefined,
+  };
+}
+
+const toPersisted = (l: TableLineSpec): PersistedLine => ({ start: l.start, length: l.length, type: l.type, params: l.params });
+const toSpecs = (lines: PersistedLine[]): TableLineSpec[] =>
+  lines.map((l) => ({ start: l.start as Sector, length: l.length as Sector, type: l.type, params: l.params }));
+
+/** Devices referenced by name, /dev/mapper/NAME or 253:minor in another's table are restored first. */
+function dependencyOrder(devices: PersistedDevice[]): PersistedDevice[] {
+  const byName = new Map(devices.map((d) => [d.name, d]));
+  const byMinor = new Map(devices.map((d) => [`253:${d.minor}`, d]));
+  const out: PersistedDevice[] = [];
+  const state = new Map<string, "visiting" | "done">();
+  const visit = (d: PersistedDevice): void => {
+    if (state.get(d.name)) return;
+    state.set(d.name, "visiting");
+    for (const t of [d.live, d.inactive]) {
+      for (const l of t?.lines ?? []) {
+        for (const word of l.params.split(/\s+/)) {
+          const dep = byName.get(word) ?? byName.get(path.basename(word)) ?? byMinor.get(word);
+          if (dep && dep !== d && (!word.includes("/") || word.includes("/mapper/"))) visit(dep);
+        }
+      }
+    }
+    state.set(d.name, "done");
+    out.push(d);
+  };
+  for (const d of devices) visit(d);
+  return out;
+}
