@@ -1,0 +1,171 @@
+import fs from "node:fs";
+import path from "node:path";
+import { status as Code } from "@grpc/grpc-js";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { HealthCheckResponse_ServingStatus, HealthClient } from "../../gen/grpc/health/v1/health.js";
+import { credentials } from "@grpc/grpc-js";
+import { WatchEventsResponse_Kind as Kind, type WatchEventsResponse } from "../../gen/tsdm/v1/tsdm.js";
+import { ROOT, run, startDaemon, type TestDaemon } from "../helpers/daemon.js";
+import { call, connect, failure, type ApiClient } from "../helpers/client.js";
+
+const line = (start: number, length: number, targetType: string, params = "") => ({
+  startSector: BigInt(start),
+  lengthSectors: BigInt(length),
+  targetType,
+  params,
+});
+const byName = (name: string) => ({ by: { $case: "name" as const, value: name } });
+
+let d: TestDaemon;
+let api: ApiClient;
+let backing: string;
+
+beforeAll(async () => {
+  d = await startDaemon();
+  api = connect(d.socket);
+  backing = path.join(d.dir, "backing.img");
+  fs.writeFileSync(backing, Buffer.alloc(4 << 20, 0x5a));
+});
+
+afterAll(async () => {
+  api?.close();
+  await d?.stop();
+  d?.cleanup();
+});
+
+describe("gRPC API over the unix socket", () => {
+  it("creates the control socket 0600 and answers health checks", async () => {
+    expect(fs.statSync(d.socket).mode & 0o777).toBe(0o600);
+    const health = new HealthClient(`unix://${d.socket}`, credentials.createInsecure());
+    const res = await new Promise<{ status: number }>((resolve, reject) =>
+      health.check({ service: "tsdm.v1.DeviceMapperService" }, (err, r) => (err ? reject(err) : resolve(r))),
+    );
+    expect(res.status).toBe(HealthCheckResponse_ServingStatus.SERVING);
+    health.close();
+  });
+
+  it("serves reflection with real descriptors (buf curl can list and call)", async () => {
+    const buf = path.join(ROOT, "node_modules", ".bin", "buf");
+    const list = await run(buf, ["curl", "--protocol", "grpc", "--http2-prior-knowledge", "--unix-socket", d.socket, "--list-services", "http://localhost"]);
+    expect(list.stdout).toContain("tsdm.v1.DeviceMapperService");
+    const ver = await run(buf, ["curl", "--protocol", "grpc", "--http2-prior-knowledge", "--unix-socket", d.socket, "http://localhost/tsdm.v1.DeviceMapperService/GetVersion"]);
+    expect(JSON.parse(ver.stdout)).toMatchObject({ driverVersion: "4.48.0" });
+  });
+
+  it("create → info → table → status → message errors → remove, with kernel errnos", async () => {
+    const created = await call(api, api.createDevice, { name: "lin", uuid: "TSDM-lin", table: [line(0, 8192, "linear", `${backing} 0`)], readOnly: false });
+    expect(created.device).toMatchObject({ name: "lin", uuid: "TSDM-lin", major: 253, liveTable: true, suspended: false, targetCount: 1 });
+    const table = await call(api, api.getTable, { device: byName("lin"), inactive: false });
+    expect(table.lines).toEqual([line(0, 8192, "linear", `${backing} 0`)]);
+
+    const dup = await failure(call(api, api.createDevice, { name: "lin", uuid: "", table: [], readOnly: false }));
+    expect(dup).toMatchObject({ code: Code.ALREADY_EXISTS, errno: "EBUSY", op: "create" });
+
+    const missing = await failure(call(api, api.getInfo, { device: byName("nosuch"), inactive: false }));
+    expect(missing).toMatchObject({ code: Code.NOT_FOUND, errno: "ENXIO" });
+
+    const msg = await failure(call(api, api.sendMessage, { device: byName("lin"), sector: 0n, message: "hello" }));
+    expect(msg).toMatchObject({ code: Code.INVALID_ARGUMENT, errno: "EINVAL", op: "message" });
+
+    await call(api, api.removeDevice, { device: byName("lin"), force: false, deferred: false });
+    expect((await call(api, api.listDevices, {})).devices).toEqual([]);
+  });
+
+  it("a failed create leaves nothing and names the failing step with the device number", async () => {
+    const bad = await failure(call(api, api.createDevice, { name: "bad", uuid: "", table: [line(0, 8, "zero"), line(16, 8, "zero")], readOnly: false }));
+    expect(bad).toMatchObject({ code: Code.INVALID_ARGUMENT, errno: "EINVAL", op: "reload" });
+    expect(bad.devno).toMatch(/^253:\d+$/);
+    expect(bad.details).toMatch(/gap/);
+    const gone = await failure(call(api, api.getInfo, { device: byName("bad"), inactive: false }));
+    expect(gone.errno).toBe("ENXIO");
+    const noFile = await failure(call(api, api.createDevice, { name: "bad", uuid: "", table: [line(0, 8, "linear", "/nonexistent/file 0")], readOnly: false }));
+    expect(noFile).toMatchObject({ errno: "ENOENT", op: "reload" });
+    expect((await call(api, api.listDevices, {})).devices).toEqual([]);
+  });
+
+  it("load, suspend, resume, wait and the watch stream", async () => {
+    const events: WatchEventsResponse[] = [];
+    const stream = api.watchEvents({ name: "" });
+    stream.on("data", (ev: WatchEventsResponse) => events.push(ev));
+    stream.on("error", () => undefined);
+    await new Promise((r) => setTimeout(r, 100));
+
+    await call(api, api.createDevice, { name: "w", uuid: "", table: [line(0, 8, "zero")], readOnly: false });
+    await call(api, api.loadTable, { device: byName("w"), table: [line(0, 16, "zero")], readOnly: false });
+    let info = (await call(api, api.getInfo, { device: byName("w"), inactive: false })).device!;
+    expect(info).toMatchObject({ liveTable: true, inactiveTable: true });
+    await call(api, api.suspendDevice, { device: byName("w"), noflush: false, nolockfs: false });
+    expect((await call(api, api.getInfo, { device: byName("w"), inactive: false })).device!.suspended).toBe(true);
+    await call(api, api.resumeDevice, { device: byName("w"), noflush: false, nolockfs: false });
+    info = (await call(api, api.getInfo, { device: byName("w"), inactive: false })).device!;
+    expect(info).toMatchObject({ suspended: false, inactiveTable: false, sizeSectors: 16n });
+
+    // wait returns once the event number moves (a rename of a device with a live table raises one).
+    const waiting = call(api, api.waitEvent, { device: byName("w"), eventNr: info.eventNr });
+    await call(api, api.renameDevice, { device: byName("w"), change: { $case: "newName", value: "w2" } });
+    expect((await waiting).device!.eventNr).toBe(info.eventNr + 1);
+    await call(api, api.removeDevice, { device: byName("w2"), force: false, deferred: false });
+    await new Promise((r) => setTimeout(r, 100));
+    stream.cancel();
+    const kinds = events.map((e) => e.kind);
+    expect(kinds).toEqual(
+      expect.arrayContaining([Kind.KIND_CREATED, Kind.KIND_LOADED, Kind.KIND_SUSPENDED, Kind.KIND_RESUMED, Kind.KIND_RENAMED, Kind.KIND_REMOVED]),
+    );
+    expect(kinds.indexOf(Kind.KIND_CREATED)).toBeLessThan(kinds.indexOf(Kind.KIND_REMOVED));
+  });
+
+  it("writes an audit line for every mutating call, none for reads", async () => {
+    await call(api, api.createDevice, { name: "aud", uuid: "", table: [line(0, 8, "zero")], readOnly: false });
+    await call(api, api.getInfo, { device: byName("aud"), inactive: false });
+    await failure(call(api, api.removeDevice, { device: byName("nosuch-aud"), force: false, deferred: false }));
+    await call(api, api.removeDevice, { device: byName("aud"), force: false, deferred: false });
+    const lines = fs.readFileSync(path.join(d.stateDir, "audit.log"), "utf8").trim().split("\n").map((l) => JSON.parse(l));
+    const mine = lines.filter((l) => JSON.stringify(l.request ?? {}).includes("aud"));
+    expect(mine.map((l) => [l.method, l.result])).toEqual([
+      ["CreateDevice", "OK"],
+      ["RemoveDevice", "NOT_FOUND"],
+      ["RemoveDevice", "OK"],
+    ]);
+    expect(mine.every((l) => l.who === "local" && l.transport === "unix")).toBe(true);
+  });
+});
+
+describe("daemon lifecycle", () => {
+  it("refuses a socket a live daemon owns, and replaces a stale one", async () => {
+    const second = await run(process.execPath, [path.join(ROOT, "bin", "tsdmd.js"), "--socket", d.socket, "--nbd-socket", path.join(d.dir, "nbd2.sock"), "--state-dir", path.join(d.dir, "state2")]);
+    expect(second.code).not.toBe(0);
+    expect(second.stderr).toMatch(/in use by a running daemon/);
+    expect(fs.existsSync(d.socket)).toBe(true);
+  });
+
+  it("brings devices back after kill -9, data intact; a device whose backing is gone comes back in an error state", async () => {
+    const keep = path.join(d.dir, "keep.img");
+    const lose = path.join(d.dir, "lose.img");
+    fs.writeFileSync(keep, Buffer.alloc(1 << 20, 0x11));
+    fs.writeFileSync(lose, Buffer.alloc(1 << 20, 0x22));
+    await call(api, api.createDevice, { name: "keep", uuid: "U-keep", table: [line(0, 2048, "linear", `${keep} 0`)], readOnly: false });
+    await call(api, api.createDevice, { name: "top", uuid: "", table: [line(0, 2048, "linear", "keep 0")], readOnly: false });
+    await call(api, api.createDevice, { name: "lose", uuid: "", table: [line(0, 2048, "linear", `${lose} 0`)], readOnly: false });
+    await call(api, api.loadTable, { device: byName("keep"), table: [line(0, 1024, "linear", `${keep} 0`)], readOnly: false });
+    api.close();
+    await d.kill();
+    fs.rmSync(lose);
+    await d.restart();
+    api = connect(d.socket);
+    const devs = (await call(api, api.listDevices, {})).devices;
+    expect(devs.map((x) => x.name)).toEqual(["keep", "lose", "top"]);
+    const keepInfo = devs.find((x) => x.name === "keep")!;
+    expect(keepInfo).toMatchObject({ uuid: "U-keep", liveTable: true, inactiveTable: true, openCount: 1, errorState: "" });
+    const loseInfo = devs.find((x) => x.name === "lose")!;
+    expect(loseInfo.liveTable).toBe(false);
+    expect(loseInfo.errorState).toMatch(/could not be restored.*lose\.img/);
+    expect(d.log()).toMatch(/device restored in error state/);
+    // A clean stop keeps the state too.
+    api.close();
+    expect(await d.stop()).toBe(0);
+    await d.restart();
+    api = connect(d.socket);
+    expect((await call(api, api.listDevices, {})).devices.map((x) => x.name)).toEqual(["keep", "lose", "top"]);
+    for (const n of ["top", "keep", "lose"]) await call(api, api.removeDevice, { device: byName(n), force: false, deferred: false });
+  });
+});
