@@ -1,8 +1,9 @@
 import fs from "node:fs";
 import path from "node:path";
-import { ApiServer } from "./api/server.js";
+import { ApiServer, claimSocketPath } from "./api/server.js";
 import { AuditLog, auditInterceptor } from "./api/audit.js";
 import { authzInterceptor, loadAuthz } from "./api/authz.js";
+import { loadTlsMaterial } from "./api/tls.js";
 import { ConfigError, parseConfig, USAGE, type DaemonConfig } from "./config.js";
 import { createLogger, type Logger } from "./core/log.js";
 import { DeviceRegistry } from "./device/registry.js";
@@ -21,6 +22,10 @@ export interface RunningDaemon {
 /** Start every part of tsdmd: registry, NBD server, gRPC API (unix socket, optional mTLS TCP). */
 export async function startDaemon(config: DaemonConfig, log: Logger = createLogger({ level: config.logLevel })): Promise<RunningDaemon> {
   registerBuiltinTargets();
+  // Everything that can be wrong in the configuration is checked before anything is bound or restored.
+  const policy = config.authz ? loadAuthz(config.authz) : undefined;
+  const tls = config.tls ? loadTlsMaterial(config.tls) : undefined;
+  await claimSocketPath(config.socket); // a second daemon on the same socket stops here, before touching anything
   fs.mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
   const registry = new DeviceRegistry(log.child({ component: "registry" }), { devDir: config.devDir });
 
@@ -35,7 +40,6 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
   if (config.nbdListen) await nbd.listenTcp(config.nbdListen.host, config.nbdListen.port);
 
   const audit = new AuditLog(path.join(config.stateDir, "audit.log"));
-  const policy = config.authz ? loadAuthz(config.authz) : undefined;
   const nbdSocket = path.resolve(config.nbdSocket);
   const api = new ApiServer({
     registry,
@@ -45,12 +49,8 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     interceptors: [authzInterceptor(policy, log.child({ component: "authz" })), auditInterceptor(audit)],
   });
   await api.listenUnix(config.socket, { group: config.group });
-  if (config.listen && config.tls) {
-    const port = await api.listenTls(config.listen, {
-      ca: fs.readFileSync(config.tls.ca),
-      cert: fs.readFileSync(config.tls.cert),
-      key: fs.readFileSync(config.tls.key),
-    });
+  if (config.listen && tls) {
+    const port = await api.listenTls(config.listen, tls);
     log.info("remote API listening (mTLS)", { listen: config.listen, port });
   }
   log.info("tsdmd ready", { socket: config.socket, nbdSocket: config.nbdSocket, stateDir: config.stateDir, version: VERSION });
