@@ -20,7 +20,7 @@ export class NbdError extends Error {
 }
 
 class Reader {
-  private buf = Buffer.alloc(0);
+  private buf: Buffer = Buffer.alloc(0);
   private waiters: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void }[] = [];
   private ended: Error | undefined;
   constructor(sock: net.Socket) {
