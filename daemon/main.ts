@@ -1,6 +1,6 @@
 import fs from "node:fs";
 import path from "node:path";
-import { ApiServer, claimSocketPath } from "./api/server.js";
+import { ApiServer, claimSocketPath, inheritedSocketFd } from "./api/server.js";
 import { AuditLog, auditInterceptor } from "./api/audit.js";
 import { authzInterceptor, loadAuthz } from "./api/authz.js";
 import { loadTlsMaterial } from "./api/tls.js";
@@ -25,7 +25,9 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
   // Everything that can be wrong in the configuration is checked before anything is bound or restored.
   const policy = config.authz ? loadAuthz(config.authz) : undefined;
   const tls = config.tls ? loadTlsMaterial(config.tls) : undefined;
-  await claimSocketPath(config.socket); // a second daemon on the same socket stops here, before touching anything
+  const activatedFd = inheritedSocketFd();
+  // A second daemon on the same socket stops here, before touching anything.
+  if (activatedFd === undefined) await claimSocketPath(config.socket);
   fs.mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
   const registry = new DeviceRegistry(log.child({ component: "registry" }), { devDir: config.devDir });
 
@@ -48,7 +50,8 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     nbdUri: (name) => `nbd+unix:///${encodeURIComponent(name)}?socket=${nbdSocket}`,
     interceptors: [authzInterceptor(policy, log.child({ component: "authz" })), auditInterceptor(audit)],
   });
-  await api.listenUnix(config.socket, { group: config.group });
+  if (activatedFd !== undefined) await api.listenInherited(activatedFd);
+  else await api.listenUnix(config.socket, { group: config.group });
   if (config.listen && tls) {
     const port = await api.listenTls(config.listen, tls);
     log.info("remote API listening (mTLS)", { listen: config.listen, port });

@@ -21,6 +21,7 @@ export class ApiServer {
   readonly server: Server;
   readonly health: HealthImplementation;
   private readonly unixPaths: string[] = [];
+  private readonly inherited: { listener: net.Server; destroy: () => void }[] = [];
 
   constructor(private readonly opts: ApiServerOptions) {
     this.server = new Server({ "grpc.keepalive_time_ms": 60_000, interceptors: opts.interceptors ?? [] });
@@ -46,6 +47,20 @@ export class ApiServer {
     this.unixPaths.push(socketPath);
   }
 
+  /**
+   * systemd socket activation: serve the control socket systemd created and passed as `fd` (LISTEN_FDS).
+   * systemd owns the socket file and its mode (SocketMode=0600 or 0660 with SocketGroup=).
+   */
+  async listenInherited(fd: number): Promise<void> {
+    const injector = this.server.createConnectionInjector(ServerCredentials.createInsecure());
+    const listener = net.createServer((sock) => injector.injectConnection(sock));
+    await new Promise<void>((resolve, reject) => {
+      listener.once("error", reject);
+      listener.listen({ fd }, () => resolve());
+    });
+    this.inherited.push({ listener, destroy: () => injector.destroy() });
+  }
+
   /** TCP with TLS and required client certificates. Returns the bound port. */
   async listenTls(hostPort: string, tls: { ca: Buffer; cert: Buffer; key: Buffer }): Promise<number> {
     const creds = ServerCredentials.createSsl(tls.ca, [{ cert_chain: tls.cert, private_key: tls.key }], true);
@@ -68,6 +83,10 @@ export class ApiServer {
       });
     });
     for (const p of this.unixPaths) fs.rmSync(p, { force: true });
+    for (const i of this.inherited) {
+      i.listener.close();
+      i.destroy();
+    }
   }
 }
 
@@ -75,6 +94,13 @@ export class ApiServer {
  * Make `socketPath` usable: create its directory (0755 — the socket's own mode is the gate), and remove a
  * stale socket file. If something answers on it, another daemon owns it: refuse.
  */
+/** The first socket passed by systemd (LISTEN_FDS/LISTEN_PID), if this process was socket-activated. */
+export function inheritedSocketFd(env: NodeJS.ProcessEnv = process.env): number | undefined {
+  if (env.LISTEN_PID !== String(process.pid)) return undefined;
+  const n = Number(env.LISTEN_FDS ?? "0");
+  return n >= 1 ? 3 : undefined;
+}
+
 export async function claimSocketPath(socketPath: string): Promise<void> {
   fs.mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o755 });
   let st: fs.Stats;
