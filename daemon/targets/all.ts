@@ -5,10 +5,11 @@ import { registerTargetType } from "./index.js";
 import { linearTarget } from "./linear.js";
 import { zeroTarget } from "./zero.js";
 import { errorTarget } from "./error.js";
+import { logWritesTarget } from "./log-writes/index.js";
 
 let registered = false;
 export function registerBuiltinTargets(): void {
   if (registered) return;
   registered = true;
-  for (const t of [linearTarget, zeroTarget, errorTarget]) registerTargetType(t);
+  for (const t of [linearTarget, zeroTarget, errorTarget, logWritesTarget]) registerTargetType(t);
 }

@@ -1,0 +1,237 @@
+import type { Target, TargetContext } from "../target.js";
+import type { Bio } from "../../io/bio.js";
+import type { BlockDevice } from "../../io/block-device.js";
+import { DmError } from "../../core/errors.js";
+import { SECTOR_SIZE, type Sector } from "../../core/units.js";
+import { END_MARK, LogFlag, encodeEntry, encodeSuper, logBlocks, markEntry, maxMarkLength, type LogEntryHeader } from "./format.js";
+
+/**
+ * dm-log-writes runtime semantics (kernel drivers/md/dm-log-writes.c, target 1.1.0):
+ *
+ * - Every write-like bio gets a pending block at submit time (data copied then). On completion a plain write or
+ *   discard joins the "unflushed" list (completion order); a FUA write goes straight to the logging queue; an
+ *   empty flush takes the unflushed list *at submit time* and, on completion, queues that batch followed by
+ *   itself. So W1,W2,W3,C3,C2,Wflush,C1,Cflush logs W3,W2,flush and W1 waits for the next flush.
+ * - Marks (message `mark <text>`) are queued at once; removal queues the remaining unflushed writes and the mark
+ *   `dm-log-writes-end`.
+ * - One logger drains the queue FIFO: it allocates the entry's place (header block + payload), writes it, and
+ *   after a FUA or MARK entry rewrites the super block with the number of entries so far.
+ * - When an entry would reach the end of the log device, or a log write fails, logging stops for good
+ *   ("logging_disabled"); I/O then passes through unlogged.
+ *
+ * Durability (stronger than the kernel, which issues plain log writes): before a super block update the log
+ * device is flushed, and the super itself is written FUA, so nr_entries never counts an entry that is not on
+ * stable storage, and every FUA entry and mark is durable once its super is.
+ */
+
+/** A write-like request on its way to the log. */
+interface PendingBlock {
+  readonly header: LogEntryHeader;
+  /** The payload (copied at submit time); absent for flush, discard and mark entries. */
+  readonly data?: Buffer;
+}
+
+export interface LogWritesConfig {
+  readonly dev: BlockDevice;
+  readonly logDev: BlockDevice;
+  /** Log unit in bytes: the data device's logical block size, or the table's log_sector_size option. */
+  readonly sectorSize: number;
+  /** The target's start in the table: like the kernel, bios keep their device-absolute sector on the data device. */
+  readonly start: Sector;
+  readonly ctx: TargetContext;
+  /** A read-only table never writes to the log (not even the end mark). */
+  readonly readOnly: boolean;
+}
+
+export class LogWritesTarget implements Target {
+  private readonly dev: BlockDevice;
+  private readonly logDev: BlockDevice;
+  private readonly sectorSize: number;
+  /** 512-byte sectors per log unit. */
+  private readonly unitSectors: number;
+  private readonly start: Sector;
+  private readonly ctx: TargetContext;
+  /** Size of the log device in 512-byte sectors (the kernel's end_sector). */
+  private readonly logEnd: number;
+  private readonly readOnly: boolean;
+
+  private loggingEnabled = true;
+  /** Where the next entry goes, in 512-byte sectors of the log device (starts after the super block). */
+  private nextSector: number;
+  private loggedEntries = 0;
+  /** Completed plain writes and discards not yet covered by a completed flush, in completion order. */
+  private unflushed: PendingBlock[] = [];
+  /** Blocks ready to be written to the log, in order. */
+  private queue: PendingBlock[] = [];
+  private logger: Promise<void> | undefined;
+  private readonly idleWaiters: (() => void)[] = [];
+  private destroyed = false;
+
+  constructor(cfg: LogWritesConfig) {
+    this.dev = cfg.dev;
+    this.logDev = cfg.logDev;
+    this.sectorSize = cfg.sectorSize;
+    this.unitSectors = cfg.sectorSize / SECTOR_SIZE;
+    this.start = cfg.start;
+    this.ctx = cfg.ctx;
+    this.logEnd = cfg.logDev.size;
+    this.readOnly = cfg.readOnly;
+    this.nextSector = this.unitSectors;
+  }
+
+  get logicalBlockSize(): number {
+    return Math.max(this.dev.logicalBlockSize, this.sectorSize);
+  }
+
+  devices(): readonly BlockDevice[] {
+    return [this.dev, this.logDev];
+  }
+
+  // ---- I/O ----
+
+  async map(bio: Bio): Promise<void> {
+    const sector = (bio.sector + this.start) as Sector;
+    const down: Bio = { ...bio, sector: bio.op === "flush" ? bio.sector : sector };
+    if (!this.loggingEnabled || bio.op === "read") return this.dev.submit(down);
+    if (bio.op === "flush") {
+      // An empty PREFLUSH owns every write that completed before it was submitted.
+      const batch = this.unflushed;
+      this.unflushed = [];
+      const block: PendingBlock = { header: { sector: logBlocks(0), nrSectors: logBlocks(0), flags: LogFlag.FLUSH, dataLen: 0 } };
+      try {
+        await this.dev.submit(down);
+      } finally {
+        this.enqueue(...batch, block);
+      }
+      return;
+    }
+    if (bio.count === 0) return this.dev.submit(down);
+    if (sector % this.unitSectors !== 0 || bio.count % this.unitSectors !== 0) {
+      throw new DmError("EINVAL", `log-writes: I/O at sector ${sector} length ${bio.count} is not aligned to the ${this.sectorSize}-byte log sector size`);
+    }
+    let flags = bio.fua ? LogFlag.FUA : 0;
+    let data: Buffer | undefined;
+    if (bio.op === "discard") flags |= LogFlag.DISCARD;
+    else if (bio.op === "write") data = Buffer.from(bio.data!); // copied at submit time, as the kernel does
+    else data = Buffer.alloc(bio.count * SECTOR_SIZE); // write_zeroes: the kernel sees zero-page writes
+    const block: PendingBlock = {
+      header: { sector: logBlocks(sector / this.unitSectors), nrSectors: logBlocks(bio.count / this.unitSectors), flags, dataLen: 0 },
+      data,
+    };
+    try {
+      await this.dev.submit(down);
+    } catch (err) {
+      // A data device without discard: the kernel completes the discard at once and logs it all the same.
+      const unsupportedDiscard = bio.op === "discard" && isNotSupported(err);
+      this.completed(block); // failed writes are logged too: the kernel's end_io does not look at the status
+      if (!unsupportedDiscard) throw err;
+      return;
+    }
+    this.completed(block);
+  }
+
+  /** end_io for a write or discard. */
+  private completed(block: PendingBlock): void {
+    if (block.header.flags & LogFlag.FUA) this.enqueue(block);
+    else this.unflushed.push(block);
+  }
+
+  // ---- status / messages ----
+
+  status(type: "info" | "table"): string {
+    if (type === "table") return `${this.dev.label} ${this.logDev.label}`;
+    return `${this.loggedEntries} ${this.nextSector - 1}${this.loggingEnabled ? "" : " logging_disabled"}`;
+  }
+
+  async message(argv: readonly string[]): Promise<void> {
+    if (argv.length !== 2) throw new DmError("EINVAL", `Invalid log-writes message arguments, expect 2 arguments, got ${argv.length}`);
+    if (argv[0]!.toLowerCase() !== "mark") throw new DmError("EINVAL", `Unrecognised log writes target message received: ${argv[0]}`);
+    this.mark(argv[1]!);
+  }
+
+  /** Queue a mark; like the kernel, longer text is cut to sectorsize - 33 bytes and the write is asynchronous. */
+  private mark(text: string): void {
+    let bytes = Buffer.from(text, "utf8");
+    const nul = bytes.indexOf(0);
+    if (nul >= 0) bytes = bytes.subarray(0, nul);
+    this.enqueue({ header: markEntry(Buffer.from(bytes.subarray(0, maxMarkLength(this.sectorSize)))) });
+  }
+
+  // ---- the logger ----
+
+  private enqueue(...blocks: PendingBlock[]): void {
+    this.queue.push(...blocks);
+    if (!this.logger && this.queue.length > 0) {
+      this.logger = this.drain().finally(() => {
+        this.logger = undefined;
+        if (this.queue.length > 0) this.enqueue();
+        else for (const w of this.idleWaiters.splice(0)) w();
+      });
+    }
+  }
+
+  private async drain(): Promise<void> {
+    for (let block = this.queue.shift(); block; block = this.queue.shift()) await this.logOne(block);
+  }
+
+  private async logOne(block: PendingBlock): Promise<void> {
+    if (!this.loggingEnabled) return; // dropped, as the kernel frees blocks once logging is off
+    const pos = this.nextSector;
+    this.nextSector += this.unitSectors + (block.header.flags & LogFlag.DISCARD ? 0 : block.header.nrSectors * this.unitSectors);
+    if (this.nextSector >= this.logEnd) {
+      this.disable("Ran out of space on the logdev");
+      return;
+    }
+    this.loggedEntries++;
+    const updateSuper = (block.header.flags & (LogFlag.FUA | LogFlag.MARK)) !== 0;
+    try {
+      const header = encodeEntry(block.header, this.sectorSize);
+      const writes = [this.logWrite(pos, header)];
+      if (block.data && block.data.length > 0) writes.push(this.logWrite(pos + this.unitSectors, block.data));
+      await Promise.all(writes);
+      if (updateSuper) await this.writeSuper();
+    } catch (err) {
+      this.disable(`Error writing to the log device: ${err instanceof Error ? err.message : String(err)}`);
+    }
+  }
+
+  private async writeSuper(): Promise<void> {
+    await this.logDev.submit({ op: "flush", sector: 0 as Sector, count: 0 as Sector, fua: false });
+    const buf = encodeSuper({ nrEntries: this.loggedEntries, sectorSize: this.sectorSize });
+    await this.logDev.submit({ op: "write", sector: 0 as Sector, count: (buf.length / SECTOR_SIZE) as Sector, data: buf, fua: true });
+  }
+
+  private logWrite(sector: number, data: Buffer): Promise<void> {
+    return this.logDev.submit({ op: "write", sector: sector as Sector, count: (data.length / SECTOR_SIZE) as Sector, data, fua: false });
+  }
+
+  private disable(reason: string): void {
+    if (!this.loggingEnabled) return;
+    this.loggingEnabled = false;
+    this.ctx.log("error", reason, { loggedEntries: this.loggedEntries });
+  }
+
+  private idle(): Promise<void> {
+    if (!this.logger && this.queue.length === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  // ---- teardown ----
+
+  /** dtr: the unflushed writes go to the front of the queue, then the end mark (which writes the super). */
+  async destroy(): Promise<void> {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    const rest = this.unflushed;
+    this.unflushed = [];
+    this.queue.unshift(...rest);
+    if (!this.readOnly) this.mark(END_MARK);
+    await this.idle();
+  }
+}
+
+function isNotSupported(err: unknown): boolean {
+  if (err instanceof DmError) return err.errno === "EOPNOTSUPP";
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  return code === "EOPNOTSUPP" || code === "ENOTSUP" || code === "ENOTTY";
+}
