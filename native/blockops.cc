@@ -16,7 +16,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-namespace {
+#include "addon.h"
+
+namespace tsdm {
 
 Napi::Error ErrnoError(Napi::Env env, int err, const std::string& syscall) {
   const char* name = strerrorname_np(err);
@@ -26,6 +28,12 @@ Napi::Error ErrnoError(Napi::Env env, int err, const std::string& syscall) {
   e.Set("syscall", Napi::String::New(env, syscall));
   return e;
 }
+
+}  // namespace tsdm
+
+namespace {
+
+using tsdm::ErrnoError;
 
 int ArgFd(const Napi::CallbackInfo& info, size_t i) {
   if (info.Length() <= i || !info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), "fd must be a number");
@@ -162,6 +170,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("blkDiscard", Napi::Function::New(env, RangeAsync<RangeOp::BlkDiscard>));
   exports.Set("blkZeroOut", Napi::Function::New(env, RangeAsync<RangeOp::BlkZeroOut>));
   exports.Set("punchHoleSync", Napi::Function::New(env, RangeSync<RangeOp::PunchHole>));
+  tsdm::InitDevNode(env, exports);
+  tsdm::InitNbdAttach(env, exports);
+  tsdm::InitUblk(env, exports);
   return exports;
 }
 
