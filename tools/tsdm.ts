@@ -14,6 +14,7 @@ export function register(name: string, summary: string, load: () => Promise<{ ru
 
 // ---- registered subcommands (one line each), e.g.
 // register("replay-log", "replay a dm-log-writes log", () => import("./replay-log/cli.js"));
+register("replay-log", "replay, search or crash-check a dm-log-writes log", () => import("./replay-log/cli.js"));
 
 
 function usage(): string {

@@ -1,0 +1,122 @@
+import fs from "node:fs";
+import {
+  ENTRY_FIELDS_BYTES,
+  LogFlag,
+  decodeEntry,
+  decodeSuper,
+  isMalformedEntry,
+  payloadBytes,
+  type LogEntryHeader,
+} from "../../daemon/targets/log-writes/format.js";
+
+/** A failure while reading the log; the message is the C replay-log's wording. */
+export class LogReadError extends Error {
+  override readonly name = "LogReadError";
+}
+
+export interface ReadEntry {
+  readonly index: number;
+  readonly header: LogEntryHeader;
+  /** Byte offset of the header block in the log. */
+  readonly headerPos: number;
+  /** Byte offset of the payload (= the position just after the header). */
+  readonly dataPos: number;
+  /** Payload length in bytes (0 for flush, mark and discard entries). */
+  readonly dataBytes: number;
+  /** Byte offset just after the entry (header + payload). */
+  readonly endPos: number;
+}
+
+/**
+ * Sequential reader of a dm-log-writes log (file or block device): the super block, then `nr_entries` entries
+ * from byte sectorsize, each checked as the xfstests replay-log checks it.
+ */
+export class LogReader {
+  /** Index of the next entry to read. */
+  curEntry = 0;
+  /** Byte offset of the next entry's header. */
+  curPos: number;
+  private readonly headerBuf: Buffer;
+
+  private constructor(
+    private readonly fd: number,
+    readonly sectorSize: number,
+    readonly nrEntries: number,
+  ) {
+    this.curPos = sectorSize;
+    this.headerBuf = Buffer.alloc(sectorSize);
+  }
+
+  static open(path: string): LogReader {
+    let fd: number;
+    try {
+      fd = fs.openSync(path, "r");
+    } catch (err) {
+      throw new LogReadError(`Couldn't open log ${path}: ${(err as Error).message}`);
+    }
+    try {
+      const buf = Buffer.alloc(ENTRY_FIELDS_BYTES);
+      if (fs.readSync(fd, buf, 0, buf.length, 0) < buf.length) throw new LogReadError("Error reading super");
+      const sup = decodeSuper(buf);
+      return new LogReader(fd, sup.sectorSize, sup.nrEntries);
+    } catch (err) {
+      fs.closeSync(fd);
+      throw err instanceof LogReadError ? err : new LogReadError((err as Error).message);
+    }
+  }
+
+  close(): void {
+    fs.closeSync(this.fd);
+  }
+
+  /** The next entry's header (advancing past its payload), or undefined after the last of nr_entries. */
+  next(): ReadEntry | undefined {
+    if (this.curEntry >= this.nrEntries) return undefined;
+    const n = fs.readSync(this.fd, this.headerBuf, 0, this.sectorSize, this.curPos);
+    if (n !== this.sectorSize) throw new LogReadError(`Error reading entry ${this.curEntry}: short read at byte ${this.curPos}`);
+    let header: LogEntryHeader;
+    try {
+      header = decodeEntry(this.headerBuf);
+    } catch (err) {
+      throw new LogReadError(`Malformed entry @${this.curPos / this.sectorSize}: ${(err as Error).message}`);
+    }
+    if (isMalformedEntry(this.headerBuf, header)) throw new LogReadError(`Malformed entry @${this.curPos / this.sectorSize}`);
+    const dataBytes = payloadBytes(header, this.sectorSize);
+    const e: ReadEntry = {
+      index: this.curEntry,
+      header,
+      headerPos: this.curPos,
+      dataPos: this.curPos + this.sectorSize,
+      dataBytes,
+      endPos: this.curPos + this.sectorSize + dataBytes,
+    };
+    this.curEntry++;
+    this.curPos = e.endPos;
+    return e;
+  }
+
+  /** Position at entry `n` (0-based); fails with "Invalid entry number" when n >= nr_entries, as replay-log does. */
+  seekEntry(n: number, onSkip?: (e: ReadEntry) => void): void {
+    if (n >= this.nrEntries) throw new LogReadError("Invalid entry number");
+    this.curEntry = 0;
+    this.curPos = this.sectorSize;
+    for (let i = 0; i < n; i++) onSkip?.(this.next()!);
+  }
+
+  /** Read `len` bytes of payload at byte `pos` into `buf` (which must be at least `len` long). */
+  readData(pos: number, buf: Buffer, len: number): void {
+    let done = 0;
+    while (done < len) {
+      const n = fs.readSync(this.fd, buf, done, len - done, pos + done);
+      if (n === 0) throw new LogReadError(`Error reading data: log ends at byte ${pos + done}`);
+      done += n;
+    }
+  }
+}
+
+/** Does `e` stop a run with these stop flags (and, when MARK is among them, this mark name)? */
+export function shouldStop(e: LogEntryHeader, stopFlags: number, mark: Buffer | undefined): boolean {
+  if (!(e.flags & stopFlags)) return false;
+  if (!(stopFlags & LogFlag.MARK)) return true;
+  return (e.flags & LogFlag.MARK) !== 0 && mark !== undefined && e.mark !== undefined && e.mark.equals(mark);
+}
