@@ -6,10 +6,13 @@ import { linearTarget } from "./linear.js";
 import { zeroTarget } from "./zero.js";
 import { errorTarget } from "./error.js";
 import { logWritesTarget } from "./log-writes/index.js";
+import { stripedTarget } from "./striped.js";
+import { flakeyTarget } from "./flakey.js";
+import { delayTarget } from "./delay.js";
 
 let registered = false;
 export function registerBuiltinTargets(): void {
   if (registered) return;
   registered = true;
-  for (const t of [linearTarget, zeroTarget, errorTarget, logWritesTarget]) registerTargetType(t);
+  for (const t of [linearTarget, zeroTarget, errorTarget, logWritesTarget, stripedTarget, flakeyTarget, delayTarget]) registerTargetType(t);
 }
