@@ -1,0 +1,178 @@
+import fs from "node:fs";
+import net from "node:net";
+import type { DeviceRegistry, RegistryEvent } from "../device/registry.js";
+import type { Logger } from "../core/log.js";
+import { ByteQueue } from "./byte-queue.js";
+import { Connection } from "./connection.js";
+import { negotiate, ProtocolViolation } from "./handshake.js";
+import { MetaContextRegistry } from "./meta-context.js";
+
+export interface NbdServerOptions {
+  registry: DeviceRegistry;
+  log: Logger;
+  /** Connections (handshaking or transmitting) across all listeners; more are closed at accept. Default 256. */
+  maxConnections?: number;
+  /** Metadata contexts offered to clients; default: base:allocation only. */
+  metaContexts?: MetaContextRegistry;
+  /** A client must finish option haggling within this time. Default 30 s. */
+  handshakeTimeoutMs?: number;
+}
+
+/** How long close() waits for clients to finish in-flight requests before cutting them off. */
+const CLOSE_GRACE_MS = 5000;
+
+/**
+ * tsdmd's NBD server: every device with a live table is an export named after the device (fixed newstyle,
+ * NBD_OPT_GO, structured replies, base:allocation). Listens on unix and/or TCP sockets.
+ */
+export class NbdServer {
+  private readonly registry: DeviceRegistry;
+  private readonly log: Logger;
+  private readonly maxConnections: number;
+  private readonly metaContexts: MetaContextRegistry;
+  private readonly handshakeTimeoutMs: number;
+  private readonly listeners: net.Server[] = [];
+  private readonly handshaking = new Set<net.Socket>();
+  private readonly connections = new Set<Connection>();
+  private closing = false;
+
+  constructor(opts: NbdServerOptions) {
+    this.registry = opts.registry;
+    this.log = opts.log;
+    this.maxConnections = opts.maxConnections ?? 256;
+    this.metaContexts = opts.metaContexts ?? new MetaContextRegistry();
+    this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 30_000;
+    this.registry.on("event", this.onRegistryEvent);
+  }
+
+  /** Listen on a unix socket; a stale socket file (nobody accepting on it) is replaced. */
+  async listenUnix(path: string): Promise<void> {
+    await removeStaleSocket(path);
+    await this.listen((s) => s.listen(path));
+    this.log.info("nbd listening", { socket: path });
+  }
+
+  /** Listen on TCP; returns the bound port (useful with port 0). */
+  async listenTcp(host: string, port: number): Promise<number> {
+    const server = await this.listen((s) => s.listen(port, host));
+    const bound = (server.address() as net.AddressInfo).port;
+    this.log.info("nbd listening", { host, port: bound });
+    return bound;
+  }
+
+  /** Stop listening and end every session: in-flight requests complete (within a grace period), then sockets close. */
+  async close(): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    this.registry.off("event", this.onRegistryEvent);
+    const stopped = Promise.all(this.listeners.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+    for (const s of this.handshaking) s.destroy();
+    const conns = [...this.connections];
+    for (const c of conns) c.shutdown();
+    let timer: NodeJS.Timeout | undefined;
+    const grace = new Promise<void>((resolve) => (timer = setTimeout(resolve, CLOSE_GRACE_MS)));
+    await Promise.race([Promise.all(conns.map((c) => c.whenClosed())), grace]);
+    clearTimeout(timer);
+    for (const c of conns) c.destroy();
+    await stopped;
+  }
+
+  /** Number of clients in the transmission phase (for status and tests). */
+  get clientCount(): number {
+    return this.connections.size;
+  }
+
+  private listen(start: (s: net.Server) => void): Promise<net.Server> {
+    const server = net.createServer({ noDelay: true, pauseOnConnect: false }, this.onConnection);
+    return new Promise((resolve, reject) => {
+      server.once("error", reject);
+      server.once("listening", () => {
+        server.off("error", reject);
+        server.on("error", (err) => this.log.error("nbd listener error", { error: err.message }));
+        this.listeners.push(server);
+        resolve(server);
+      });
+      start(server);
+    });
+  }
+
+  private readonly onConnection = (socket: net.Socket): void => {
+    if (this.closing) return void socket.destroy();
+    if (this.handshaking.size + this.connections.size >= this.maxConnections) {
+      this.log.warn("nbd connection refused: too many connections", { max: this.maxConnections });
+      return void socket.destroy();
+    }
+    this.handshaking.add(socket);
+    const queue = new ByteQueue();
+    const onData = (chunk: Buffer): void => queue.push(chunk);
+    const onEnd = (): void => queue.end(new Error("client closed the connection"));
+    const onError = (err: Error): void => queue.end(err);
+    socket.on("data", onData);
+    socket.on("end", onEnd);
+    socket.on("close", onEnd);
+    socket.on("error", onError);
+    socket.setTimeout(this.handshakeTimeoutMs, () => queue.end(new Error("handshake timed out")));
+    const detach = (): void => {
+      this.handshaking.delete(socket);
+      socket.setTimeout(0);
+      socket.off("data", onData);
+      socket.off("end", onEnd);
+      socket.off("close", onEnd);
+      socket.off("error", onError);
+    };
+
+    negotiate(socket, queue, { registry: this.registry, metaContexts: this.metaContexts, log: this.log }).then(
+      (neg) => {
+        detach();
+        if (!neg) {
+          socket.on("error", () => undefined);
+          socket.end();
+          return;
+        }
+        if (socket.destroyed || this.closing) {
+          neg.dev.close();
+          socket.destroy();
+          return;
+        }
+        const conn = new Connection(socket, neg.dev, neg.structured, neg.contexts, this.log, (c) => this.connections.delete(c));
+        this.connections.add(conn);
+        this.log.debug("nbd client attached", { device: neg.dev.name, structured: neg.structured });
+        conn.start([...neg.leftover, ...queue.drain()]);
+      },
+      (err: unknown) => {
+        detach();
+        const msg = err instanceof Error ? err.message : String(err);
+        if (err instanceof ProtocolViolation) this.log.warn("nbd handshake failed", { reason: msg });
+        else this.log.debug("nbd handshake ended", { reason: msg });
+        socket.on("error", () => undefined);
+        socket.destroy();
+      },
+    );
+  };
+
+  private readonly onRegistryEvent = (ev: RegistryEvent): void => {
+    if (ev.kind !== "removed") return; // a rename keeps sessions: they hold the device, not its name
+    for (const c of this.connections) if (c.dev === ev.device) c.shutdown();
+  };
+}
+
+/** Remove `path` if it is a unix socket nobody accepts on; refuse if a live server owns it. */
+async function removeStaleSocket(path: string): Promise<void> {
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(path);
+  } catch {
+    return;
+  }
+  if (!st.isSocket()) throw Object.assign(new Error(`${path} exists and is not a socket`), { code: "EEXIST" });
+  const live = await new Promise<boolean>((resolve) => {
+    const probe = net.connect(path);
+    probe.once("connect", () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once("error", () => resolve(false));
+  });
+  if (live) throw Object.assign(new Error(`${path}: another server is listening on it`), { code: "EADDRINUSE" });
+  fs.unlinkSync(path);
+}
