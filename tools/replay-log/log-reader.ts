@@ -47,7 +47,8 @@ export class LogReader {
     this.headerBuf = Buffer.alloc(sectorSize);
   }
 
-  static open(path: string): LogReader {
+  /** `entries` overrides the super block's nr_entries (to inspect entries a crash left uncounted). */
+  static open(path: string, opts: { entries?: number } = {}): LogReader {
     let fd: number;
     try {
       fd = fs.openSync(path, "r");
@@ -58,7 +59,7 @@ export class LogReader {
       const buf = Buffer.alloc(ENTRY_FIELDS_BYTES);
       if (fs.readSync(fd, buf, 0, buf.length, 0) < buf.length) throw new LogReadError("Error reading super");
       const sup = decodeSuper(buf);
-      return new LogReader(fd, sup.sectorSize, sup.nrEntries);
+      return new LogReader(fd, sup.sectorSize, opts.entries ?? sup.nrEntries);
     } catch (err) {
       fs.closeSync(fd);
       throw err instanceof LogReadError ? err : new LogReadError((err as Error).message);
