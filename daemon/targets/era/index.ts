@@ -1,0 +1,1 @@
+export { eraTarget, EraTarget, type ChangedExtent } from "./target.js";

@@ -1,0 +1,240 @@
+import { DmError } from "../../core/errors.js";
+import { MD_BLOCK_SECTORS, type MetaBlock, type MetaIo, SUPERBLOCK_VALIDATOR } from "./pdata/block.js";
+import * as btree from "./pdata/btree.js";
+import { PArray } from "./pdata/array.js";
+import { PBitset } from "./pdata/bitset.js";
+import { MetadataSpaceMap } from "./pdata/space-map.js";
+import { TransactionManager } from "./pdata/transaction-manager.js";
+import {
+  decodeSuperblock,
+  decodeWriteset,
+  encodeSuperblock,
+  encodeWriteset,
+  type EraSuperblock,
+  isAllZero,
+  MAX_ERA,
+  WRITESET_VALUE_SIZE,
+  type Writeset,
+} from "./superblock.js";
+
+const ERA_VALUE_SIZE = 4;
+const ZERO_ERA = Buffer.alloc(ERA_VALUE_SIZE);
+/** Era-array entries written per digest step before yielding to I/O. */
+const DIGEST_BITS_PER_STEP = 1024;
+
+interface DigestState {
+  era: number;
+  bits: number[];
+  pos: number;
+}
+
+/**
+ * dm-era's metadata (struct era_metadata): the superblock fields, the current writeset, the writeset tree of
+ * archived eras and the era array, over a copy-on-write transaction manager. Not thread-safe: the target
+ * serialises every call (the kernel's single worker).
+ */
+export class EraMetadata {
+  readonly tm: TransactionManager;
+  readonly bitset: PBitset;
+  readonly eraArray: PArray;
+  readonly wsType: btree.ValueType;
+
+  dataBlockSize: number;
+  nrBlocks: number;
+  currentEra: number;
+  currentWriteset: Writeset;
+  writesetTreeRoot: MetaBlock;
+  eraArrayRoot: MetaBlock;
+  metadataSnap: MetaBlock;
+  /** The writeset tree may hold eras still to be digested into the era array. */
+  archivedWritesets: boolean;
+  private digest: DigestState | undefined;
+  /** The superblock image of the last commit (copied by take_metadata_snap). */
+  private committedImage: Buffer | undefined;
+
+  private constructor(tm: TransactionManager, sb: Omit<EraSuperblock, "flags" | "blocknr" | "uuid" | "version" | "smRoot" | "smRootBytes" | "metadataBlockSize">) {
+    this.tm = tm;
+    this.bitset = new PBitset(tm);
+    this.eraArray = new PArray(tm, ERA_VALUE_SIZE);
+    this.wsType = {
+      size: WRITESET_VALUE_SIZE,
+      inc: (v) => tm.inc(decodeWriteset(v).root),
+      dec: (v) => this.bitset.del(decodeWriteset(v).root),
+    };
+    this.dataBlockSize = sb.dataBlockSize;
+    this.nrBlocks = sb.nrBlocks;
+    this.currentEra = sb.currentEra;
+    this.currentWriteset = { ...sb.currentWriteset };
+    this.writesetTreeRoot = sb.writesetTreeRoot;
+    this.eraArrayRoot = sb.eraArrayRoot;
+    this.metadataSnap = sb.metadataSnap;
+    this.archivedWritesets = true;
+  }
+
+  /**
+   * Open the metadata on `io`, formatting it when block 0 is all zeroes and `mayFormat` is set. The stored data
+   * block size must equal `dataBlockSize` (kernel: changing it is not supported).
+   */
+  static async open(io: MetaIo, dataBlockSize: number, mayFormat = true): Promise<EraMetadata> {
+    if (io.nrBlocks < 1) throw new DmError("EINVAL", "metadata device too small");
+    const b0 = await io.read(0);
+    if (isAllZero(b0)) {
+      if (!mayFormat) throw new DmError("EINVAL", "metadata device is not formatted");
+      return EraMetadata.format(io, dataBlockSize);
+    }
+    const sb = decodeSuperblock(b0, 0);
+    if (sb.dataBlockSize !== dataBlockSize) {
+      throw new DmError("EINVAL", `changing the data block size (from ${sb.dataBlockSize} to ${dataBlockSize}) is not supported`);
+    }
+    if (sb.metadataBlockSize !== MD_BLOCK_SECTORS) throw new DmError("EINVAL", `unsupported metadata block size ${sb.metadataBlockSize}`);
+    const tm = new TransactionManager(io);
+    await MetadataSpaceMap.open(tm, sb.smRoot);
+    const md = new EraMetadata(tm, sb);
+    md.committedImage = b0;
+    return md;
+  }
+
+  private static async format(io: MetaIo, dataBlockSize: number): Promise<EraMetadata> {
+    const tm = new TransactionManager(io);
+    MetadataSpaceMap.create(tm, io.nrBlocks);
+    const md = new EraMetadata(tm, {
+      dataBlockSize,
+      nrBlocks: 0,
+      currentEra: 0,
+      currentWriteset: { nrBits: 0, root: 0 },
+      writesetTreeRoot: btree.emptyTree(tm, WRITESET_VALUE_SIZE),
+      eraArrayRoot: 0,
+      metadataSnap: 0,
+    });
+    md.eraArrayRoot = md.eraArray.empty();
+    md.archivedWritesets = false;
+    await md.commit();
+    return md;
+  }
+
+  /** metadata_commit: space map, dirty blocks, FLUSH, superblock, FLUSH. */
+  async commit(): Promise<void> {
+    await this.tm.commit((smRootBytes) => {
+      const image = encodeSuperblock({
+        smRootBytes,
+        dataBlockSize: this.dataBlockSize,
+        nrBlocks: this.nrBlocks,
+        currentEra: this.currentEra,
+        currentWriteset: this.currentWriteset,
+        writesetTreeRoot: this.writesetTreeRoot,
+        eraArrayRoot: this.eraArrayRoot,
+        metadataSnap: this.metadataSnap,
+      });
+      this.committedImage = image;
+      return image;
+    });
+  }
+
+  get totalMetadataBlocks(): number {
+    return this.tm.sm.nrBlocks;
+  }
+  get usedMetadataBlocks(): number {
+    return this.tm.sm.nrAllocated;
+  }
+
+  /** Set the bits of `blocks` (sorted) in the on-disk current writeset; returns those that were clear. */
+  async markWritten(blocks: readonly number[]): Promise<number[]> {
+    if (this.currentWriteset.root === 0) throw new DmError("EIO", "no current writeset");
+    const r = await this.bitset.setBits(this.currentWriteset.root, blocks);
+    this.currentWriteset.root = r.root;
+    return r.newlySet;
+  }
+
+  /** metadata_era_archive: the current writeset goes into the writeset tree under the current era. */
+  async archive(): Promise<void> {
+    if (this.currentWriteset.root === 0) return;
+    const r = await btree.insert(this.tm, this.writesetTreeRoot, this.currentEra, encodeWriteset(this.currentWriteset), this.wsType);
+    this.writesetTreeRoot = r.root;
+    this.currentWriteset = { nrBits: this.currentWriteset.nrBits, root: 0 };
+    this.archivedWritesets = true;
+  }
+
+  /** metadata_era_rollover: archive, then a new empty writeset for the next era. Refuses to wrap the era. */
+  async rollover(): Promise<void> {
+    if (this.currentEra >= MAX_ERA) throw new DmError("EOVERFLOW", `era ${this.currentEra} is the last one; refusing to wrap to 0`);
+    await this.archive();
+    const root = await this.bitset.create(this.nrBlocks);
+    this.currentWriteset = { nrBits: this.nrBlocks, root };
+    this.currentEra++;
+  }
+
+  /** Grow or shrink the era array (preresume). */
+  async resize(nrBlocks: number): Promise<void> {
+    this.eraArrayRoot = await this.eraArray.resize(this.eraArrayRoot, this.nrBlocks, nrBlocks, ZERO_ERA);
+    this.nrBlocks = nrBlocks;
+    this.digest = undefined;
+  }
+
+  /**
+   * One step of the digest: transcribe part of the oldest archived writeset into the era array; a writeset
+   * fully transcribed leaves the tree. Returns false when there is nothing left to digest.
+   */
+  async digestStep(): Promise<boolean> {
+    if (!this.digest) {
+      const low = await btree.lowest(this.tm, this.writesetTreeRoot);
+      if (!low) {
+        this.archivedWritesets = false;
+        return false;
+      }
+      const ws = decodeWriteset(low.value);
+      const bits = await this.bitset.setBitsOf(ws.root, Math.min(ws.nrBits, this.nrBlocks));
+      this.digest = { era: low.key, bits, pos: 0 };
+    }
+    const d = this.digest;
+    const chunk = d.bits.slice(d.pos, d.pos + DIGEST_BITS_PER_STEP);
+    if (chunk.length) {
+      this.eraArrayRoot = await this.eraArray.modify(this.eraArrayRoot, chunk, (ab, slot) => ab.buf.writeUInt32LE(d.era >>> 0, ab.offset(slot)));
+    }
+    d.pos += chunk.length;
+    if (d.pos >= d.bits.length) {
+      this.writesetTreeRoot = (await btree.remove(this.tm, this.writesetTreeRoot, d.era, this.wsType)).root;
+      this.digest = undefined;
+    }
+    return true;
+  }
+
+  /** take_metadata_snap: rollover + commit, then a copy of the committed superblock sharing both trees. */
+  async takeSnapshot(): Promise<void> {
+    if (this.metadataSnap !== 0) throw new DmError("EINVAL", "metadata snapshot already exists");
+    await this.rollover();
+    await this.commit();
+    const { b, buf } = this.tm.newBlock(SUPERBLOCK_VALIDATOR);
+    this.committedImage!.copy(buf);
+    this.tm.inc(this.writesetTreeRoot);
+    this.tm.inc(this.eraArrayRoot);
+    this.metadataSnap = b;
+    await this.commit();
+  }
+
+  /** drop_metadata_snap: release the snapshot's trees and its superblock copy. */
+  async dropSnapshot(): Promise<void> {
+    if (this.metadataSnap === 0) throw new DmError("EINVAL", "no snapshot to drop");
+    const loc = this.metadataSnap;
+    const snap = decodeSuperblock(Buffer.from(await this.tm.read(loc, SUPERBLOCK_VALIDATOR)), loc);
+    this.metadataSnap = 0;
+    await btree.deleteTree(this.tm, snap.writesetTreeRoot, this.wsType);
+    await this.eraArray.del(snap.eraArrayRoot);
+    this.tm.dec(loc);
+    await this.commit();
+  }
+
+  /** Era of each block as the metadata knows it: max(era array, newest archived writeset with the bit). */
+  async logicalEras(includeCurrent: boolean): Promise<Uint32Array> {
+    const eras = new Uint32Array(this.nrBlocks);
+    await this.eraArray.walkBlocks(this.eraArrayRoot, (first, ab) => {
+      for (let s = 0; s < ab.nr && first + s < eras.length; s++) eras[first + s] = ab.buf.readUInt32LE(ab.offset(s));
+    });
+    const sets: Array<{ era: number; ws: Writeset }> = [];
+    await btree.walk(this.tm, this.writesetTreeRoot, (k, v) => void sets.push({ era: k, ws: decodeWriteset(v) }));
+    if (includeCurrent && this.currentWriteset.root !== 0) sets.push({ era: this.currentEra, ws: this.currentWriteset });
+    for (const { era, ws } of sets) {
+      for (const b of await this.bitset.setBitsOf(ws.root, Math.min(ws.nrBits, this.nrBlocks))) if (era > eras[b]!) eras[b] = era;
+    }
+    return eras;
+  }
+}

@@ -1,0 +1,69 @@
+/** A small getopt_long: `--name`, `--name=value`, `--name value`, `-x`, `-x value`; stops at `--`. */
+export interface OptSpec {
+  readonly [name: string]: { readonly short?: string; readonly arg: boolean };
+}
+
+export type Parsed = { opts: Map<string, string | true>; positional: string[] } | { error: string };
+
+export function parseOptions(argv: readonly string[], spec: OptSpec): Parsed {
+  const opts = new Map<string, string | true>();
+  const positional: string[] = [];
+  const byShort = new Map(Object.entries(spec).filter(([, s]) => s.short).map(([n, s]) => [s.short!, n] as const));
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === "--") {
+      positional.push(...argv.slice(i + 1));
+      break;
+    }
+    let name: string | undefined;
+    let inline: string | undefined;
+    if (a.startsWith("--")) {
+      const eq = a.indexOf("=");
+      name = eq >= 0 ? a.slice(2, eq) : a.slice(2);
+      inline = eq >= 0 ? a.slice(eq + 1) : undefined;
+      if (!spec[name]) return { error: `unrecognized option '${a}'` };
+    } else if (a.startsWith("-") && a.length > 1) {
+      name = byShort.get(a[1]!);
+      if (!name) return { error: `invalid option -- '${a[1]}'` };
+      inline = a.length > 2 ? a.slice(2) : undefined;
+    } else {
+      positional.push(a);
+      continue;
+    }
+    if (spec[name]!.arg) {
+      const v = inline ?? argv[++i];
+      if (v === undefined) return { error: `option '${a}' requires an argument` };
+      opts.set(name, v);
+    } else opts.set(name, true);
+  }
+  return { opts, positional };
+}
+
+/**
+ * Buffered output for millions of lines, honouring back-pressure (a pipe to stdout may be non-blocking, where
+ * fs.writeSync would fail with EAGAIN). `line` returns true when the caller should `await flush()`.
+ */
+export class LineWriter {
+  private parts: string[] = [];
+  private size = 0;
+  constructor(private readonly out: NodeJS.WritableStream) {}
+  line(s: string): boolean {
+    this.parts.push(s, "\n");
+    this.size += s.length + 1;
+    return this.size > 1 << 20;
+  }
+  async flush(): Promise<void> {
+    if (!this.parts.length) return;
+    const chunk = this.parts.join("");
+    this.parts = [];
+    this.size = 0;
+    if (!this.out.write(chunk)) await new Promise<void>((resolve) => this.out.once("drain", () => resolve()));
+  }
+  /** Flush and wait until a file stream is closed (no-op for stdout). */
+  async end(): Promise<void> {
+    await this.flush();
+    if (this.out !== process.stdout) await new Promise<void>((resolve, reject) => this.out.end(() => resolve()).on?.("error", reject));
+  }
+}
+
+export const VERSION = "0.9.0";
