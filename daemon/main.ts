@@ -48,7 +48,8 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     version: VERSION,
     log: log.child({ component: "api" }),
     nbdUri: (name) => `nbd+unix:///${encodeURIComponent(name)}?socket=${nbdSocket}`,
-    interceptors: [authzInterceptor(policy, log.child({ component: "authz" })), auditInterceptor(audit)],
+    // Audit outermost, so that calls the authorization refuses are audited too.
+    interceptors: [auditInterceptor(audit), authzInterceptor(policy, log.child({ component: "authz" }))],
   });
   if (activatedFd !== undefined) await api.listenInherited(activatedFd);
   else await api.listenUnix(config.socket, { group: config.group });
