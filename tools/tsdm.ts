@@ -15,6 +15,7 @@ export function register(name: string, summary: string, load: () => Promise<{ ru
 // ---- registered subcommands (one line each), e.g.
 // register("replay-log", "replay a dm-log-writes log", () => import("./replay-log/cli.js"));
 register("replay-log", "replay, search or crash-check a dm-log-writes log", () => import("./replay-log/cli.js"));
+register("bow-restore", "roll a device back to its dm-bow checkpoint (vold restore)", () => import("./bow-restore/cli.js"));
 register("era", "dm-era metadata: dump, invalidate (blocks written since an era), check", () => import("./era/cli.js"));
 
 

@@ -9,11 +9,12 @@ import { logWritesTarget } from "./log-writes/index.js";
 import { stripedTarget } from "./striped.js";
 import { flakeyTarget } from "./flakey.js";
 import { delayTarget } from "./delay.js";
+import { bowTarget } from "./bow/index.js";
 import { eraTarget } from "./era/index.js";
 
 let registered = false;
 export function registerBuiltinTargets(): void {
   if (registered) return;
   registered = true;
-  for (const t of [linearTarget, zeroTarget, errorTarget, logWritesTarget, stripedTarget, flakeyTarget, delayTarget, eraTarget]) registerTargetType(t);
+  for (const t of [linearTarget, zeroTarget, errorTarget, logWritesTarget, stripedTarget, flakeyTarget, delayTarget, bowTarget, eraTarget]) registerTargetType(t);
 }

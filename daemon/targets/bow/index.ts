@@ -1,0 +1,1 @@
+export { bowTarget, BowTarget, type BowState } from "./bow.js";

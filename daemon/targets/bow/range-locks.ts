@@ -1,0 +1,94 @@
+/**
+ * Ordering for bios whose block ranges overlap, and only for those. A request names the block intervals it
+ * needs; it is granted when none of them overlaps a held interval or an interval of an earlier waiter (FIFO
+ * among overlapping requests, so no starvation). Unrelated requests never wait for each other, whatever I/O
+ * the holders are doing.
+ *
+ * The grant callback runs synchronously at the moment of the grant: a caller inspects and updates the range
+ * map there, before any other request can observe a state in which it holds a range it has not yet planned.
+ * The scans are linear in the number of bios in flight (bounded by the queue depth), not in the device size.
+ */
+export interface Interval {
+  readonly start: number;
+  readonly end: number;
+}
+
+export class LockHolder {
+  constructor(readonly intervals: Interval[]) {}
+}
+
+interface Waiter {
+  holder: LockHolder;
+  grant: () => void;
+}
+
+const overlaps = (x: readonly Interval[], y: readonly Interval[]): boolean =>
+  x.some((a) => y.some((b) => a.start < b.end && b.start < a.end));
+
+export class RangeLocks {
+  private readonly held = new Set<LockHolder>();
+  private waiters: Waiter[] = [];
+
+  /** Wait for `intervals`, then run `onGrant` synchronously while holding them; resolves with its result. */
+  acquire<T>(intervals: Interval[], onGrant: (holder: LockHolder) => T): Promise<T> {
+    const holder = new LockHolder(intervals.slice());
+    return new Promise<T>((resolve, reject) => {
+      const grant = (): void => {
+        this.held.add(holder);
+        try {
+          resolve(onGrant(holder));
+        } catch (err) {
+          reject(err);
+        }
+      };
+      if (!this.conflicts(holder, this.waiters.length)) grant();
+      else this.waiters.push({ holder, grant });
+    });
+  }
+
+  /** Take `interval` at once for a holder (newly allocated space nobody else can hold). */
+  extend(holder: LockHolder, interval: Interval): void {
+    holder.intervals.push(interval);
+  }
+
+  /** A holder for space taken without waiting (e.g. a reserved log block). */
+  take(intervals: Interval[]): LockHolder {
+    const holder = new LockHolder(intervals.slice());
+    this.held.add(holder);
+    return holder;
+  }
+
+  release(holder: LockHolder): void {
+    if (!this.held.delete(holder)) return;
+    if (this.waiters.length === 0) return;
+    const still: Waiter[] = [];
+    const granted: Waiter[] = [];
+    for (const w of this.waiters) {
+      if (this.heldConflict(w.holder) || still.some((s) => overlaps(s.holder.intervals, w.holder.intervals))) still.push(w);
+      else {
+        this.held.add(w.holder); // reserve now so later waiters in this scan see it
+        granted.push(w);
+      }
+    }
+    this.waiters = still;
+    for (const w of granted) {
+      this.held.delete(w.holder);
+      w.grant();
+    }
+  }
+
+  get busy(): number {
+    return this.held.size + this.waiters.length;
+  }
+
+  private heldConflict(h: LockHolder): boolean {
+    for (const o of this.held) if (overlaps(o.intervals, h.intervals)) return true;
+    return false;
+  }
+
+  private conflicts(h: LockHolder, waitersBefore: number): boolean {
+    if (this.heldConflict(h)) return true;
+    for (let i = 0; i < waitersBefore; i++) if (overlaps(this.waiters[i]!.holder.intervals, h.intervals)) return true;
+    return false;
+  }
+}

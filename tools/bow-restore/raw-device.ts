@@ -1,0 +1,89 @@
+import fs from "node:fs";
+
+/**
+ * The lower device (or an image of it) as vold sees it during a restore: synchronous positioned reads and
+ * writes, and fsync. The restore runs before anything else uses the device, so plain blocking I/O is right.
+ */
+export interface RawDevice {
+  readonly path: string;
+  /** Size in bytes. */
+  readonly size: number;
+  /** Exactly `length` bytes at `pos`; throws ShortReadError when the device ends first. */
+  read(pos: number, length: number): Buffer;
+  write(pos: number, data: Buffer): void;
+  sync(): void;
+  close(): void;
+}
+
+export class ShortReadError extends Error {
+  override readonly name = "ShortReadError";
+}
+
+export class ShortWriteError extends Error {
+  override readonly name = "ShortWriteError";
+}
+
+/** Observer of every write and sync, in order (the hidden stepping hook used by crash tests). */
+export type StepHook = (what: "write" | "sync", pos: number, length: number) => void;
+
+export class FileRawDevice implements RawDevice {
+  private constructor(
+    readonly path: string,
+    private readonly fd: number,
+    readonly size: number,
+    private readonly step?: StepHook,
+  ) {}
+
+  /**
+   * Open a file or block device. A block device is opened O_EXCL, as vold effectively needs: a mounted or
+   * otherwise claimed device (a live bow device above it, a mounted filesystem) is refused with EBUSY.
+   */
+  static async open(path: string, opts: { readOnly: boolean; step?: StepHook }): Promise<FileRawDevice> {
+    const st = fs.statSync(path);
+    if (!st.isFile() && !st.isBlockDevice()) throw new Error(`${path} is neither a regular file nor a block device`);
+    let flags = opts.readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR;
+    if (st.isBlockDevice()) flags |= fs.constants.O_EXCL;
+    const fd = fs.openSync(path, flags);
+    try {
+      let size = st.size;
+      if (st.isBlockDevice()) {
+        const { native } = await import("../../daemon/io/native.js");
+        size = Number(native.blkGetSize64(fd));
+      }
+      return new FileRawDevice(path, fd, size, opts.step);
+    } catch (err) {
+      fs.closeSync(fd);
+      throw err;
+    }
+  }
+
+  read(pos: number, length: number): Buffer {
+    if (!Number.isSafeInteger(pos) || pos < 0 || pos + length > this.size) {
+      throw new ShortReadError(`read of ${length} bytes at ${pos} is beyond the end of ${this.path} (${this.size} bytes)`);
+    }
+    const buf = Buffer.alloc(length);
+    for (let done = 0; done < length; ) {
+      const n = fs.readSync(this.fd, buf, done, length - done, pos + done);
+      if (n === 0) throw new ShortReadError(`short read at ${pos + done} of ${this.path}`);
+      done += n;
+    }
+    return buf;
+  }
+
+  write(pos: number, data: Buffer): void {
+    if (!Number.isSafeInteger(pos) || pos < 0 || pos + data.length > this.size) {
+      throw new ShortWriteError(`write of ${data.length} bytes at ${pos} is beyond the end of ${this.path} (${this.size} bytes)`);
+    }
+    for (let done = 0; done < data.length; ) done += fs.writeSync(this.fd, data, done, data.length - done, pos + done);
+    this.step?.("write", pos, data.length);
+  }
+
+  sync(): void {
+    fs.fsyncSync(this.fd);
+    this.step?.("sync", 0, 0);
+  }
+
+  close(): void {
+    fs.closeSync(this.fd);
+  }
+}
