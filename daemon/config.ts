@@ -15,6 +15,8 @@ Serves device-mapper devices in userspace: a gRPC control API for tsdmsetup, and
   --tls-cert FILE       server certificate
   --tls-key FILE        server private key
   --authz FILE          JSON roles file: {"admin": [CN...], "reader": [CN...]}
+  --max-devices N       refuse to create more than N devices (default 4096)
+  --nbd-max-connections N  NBD connections at once, all listeners (default 256)
   --attach MODE         kernel block devices: auto|ublk|nbd|fuse|none (default auto as root, none otherwise)
   --log-level LEVEL     debug|info|warn|error (default info)
   -h, --help            this text
@@ -30,6 +32,8 @@ export interface DaemonConfig {
   tls?: { ca: string; cert: string; key: string };
   authz?: string;
   attach: "auto" | "ublk" | "nbd" | "fuse" | "none";
+  maxDevices: number;
+  nbdMaxConnections: number;
   logLevel: string;
   devDir: string;
 }
@@ -55,6 +59,8 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
         "tls-key": { type: "string" },
         authz: { type: "string" },
         attach: { type: "string" },
+        "max-devices": { type: "string" },
+        "nbd-max-connections": { type: "string" },
         "log-level": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
@@ -83,6 +89,8 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
   const devDir = env.DM_DEV_DIR ?? "/dev";
   if (!devDir.startsWith("/")) throw new ConfigError("Invalid DM_DEV_DIR environment variable value.");
   return {
+    maxDevices: parseCount(values["max-devices"], "--max-devices", 4096),
+    nbdMaxConnections: parseCount(values["nbd-max-connections"], "--nbd-max-connections", 256),
     socket: values.socket ?? env.TSDM_SOCKET ?? defaultSocketPath(),
     group,
     nbdSocket: values["nbd-socket"] ?? defaultNbdSocketPath(),
@@ -101,4 +109,10 @@ function parseHostPort(text: string, flag: string): { host: string; port: number
   const m = /^(.*):([0-9]+)$/.exec(text);
   if (!m || !m[1] || Number(m[2]) > 65535) throw new ConfigError(`${flag} takes HOST:PORT (got ${text})`);
   return { host: m[1].replace(/^\[(.*)\]$/, "$1"), port: Number(m[2]) };
+}
+
+function parseCount(text: string | undefined, flag: string, dflt: number): number {
+  if (text === undefined) return dflt;
+  if (!/^[0-9]+$/.test(text) || Number(text) < 1 || Number(text) > 1_000_000) throw new ConfigError(`${flag} takes a whole number from 1 to 1000000 (got ${text})`);
+  return Number(text);
 }

@@ -29,7 +29,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
   // A second daemon on the same socket stops here, before touching anything.
   if (activatedFd === undefined) await claimSocketPath(config.socket);
   fs.mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
-  const registry = new DeviceRegistry(log.child({ component: "registry" }), { devDir: config.devDir });
+  const registry = new DeviceRegistry(log.child({ component: "registry" }), { devDir: config.devDir, maxDevices: config.maxDevices });
 
   // Devices of the previous run come back before anyone can connect.
   const store = new DeviceStateStore(config.stateDir, registry, log.child({ component: "state" }));
@@ -37,7 +37,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
   if (restored.length || failed.length) log.info("devices restored", { restored, failed });
   store.start();
 
-  const nbd = new NbdServer({ registry, log: log.child({ component: "nbd" }) });
+  const nbd = new NbdServer({ registry, log: log.child({ component: "nbd" }), maxConnections: config.nbdMaxConnections });
   await nbd.listenUnix(config.nbdSocket);
   if (config.nbdListen) await nbd.listenTcp(config.nbdListen.host, config.nbdListen.port);
 
