@@ -27,13 +27,13 @@ export function scanU32(text: string | undefined): number | undefined {
 }
 
 /**
- * sscanf(text, "%llu%c", &v, &dummy) == 1 for a sector. Values wrap modulo 2^64; a sector beyond 2^53 can never
- * fit any device, so it is returned as Infinity and fails the caller's size check.
+ * sscanf(text, "%llu%c", &v, &dummy) == 1 for a sector. Values wrap modulo 2^64, as in the kernel. Beyond 2^53
+ * the number is only approximate, which cannot matter: such a sector lies past the end of any device and
+ * fails the caller's size check.
  */
 export function scanSector(text: string | undefined): Sector | undefined {
   const v = scanUnsigned(text, U64);
-  if (v === undefined) return undefined;
-  return (v > BigInt(Number.MAX_SAFE_INTEGER) ? Infinity : Number(v)) as Sector;
+  return v === undefined ? undefined : (Number(v) as Sector);
 }
 
 /** kstrtouint(text, 10): optional '+', decimal digits, optional trailing newline; overflow is an error. */
