@@ -218,13 +218,17 @@ export class LogWritesTarget implements Target {
 
   // ---- teardown ----
 
-  /** dtr: the unflushed writes go to the front of the queue, then the end mark (which writes the super). */
+  /**
+   * dtr: queue the unflushed writes, then the end mark (which writes the super). The kernel splices them at the
+   * head of the logging queue; when the logger still has a backlog that would put them before FUA entries and
+   * marks that completed earlier, so tsdm appends them at the tail, keeping the log in completion order.
+   */
   async destroy(): Promise<void> {
     if (this.destroyed) return;
     this.destroyed = true;
     const rest = this.unflushed;
     this.unflushed = [];
-    this.queue.unshift(...rest);
+    this.queue.push(...rest);
     if (!this.readOnly) this.mark(END_MARK);
     await this.idle();
   }
