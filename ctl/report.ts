@@ -1,0 +1,340 @@
+/**
+ * The `info -c` report, as libdevmapper's dm_report produces it for dmsetup: field selection (-o, `+f`,
+ * case-insensitive, underscores optional), sort keys (-O), aligned columns with minimum widths, or
+ * unaligned with a separator, `DM_FIELD='value'` name prefixes, columns-as-rows. Outputs go to stdout;
+ * the field listing (`-o help`, unknown fields) goes to stderr.
+ */
+
+export type FieldKind = "STR" | "NUM";
+/** Which extra data a field needs beyond the device info (dmsetup's DR_* report types). */
+export type FieldNeed = "task" | "info" | "deps" | "tree" | "name";
+
+/** One row's source data, names already resolved for display. */
+export interface ReportObject {
+  name: string;
+  mangledName: string;
+  unmangledName: string;
+  uuid: string;
+  mangledUuid: string;
+  unmangledUuid: string;
+  readAhead: number;
+  blkdevname: string;
+  major: number;
+  minor: number;
+  liveTable: boolean;
+  inactiveTable: boolean;
+  suspended: boolean;
+  readOnly: boolean;
+  openCount: number;
+  targetCount: number;
+  eventNr: number;
+  /** Devices this one uses (deps), in table order. */
+  deps?: Array<{ major: number; minor: number; blkdevname: string }>;
+  /** Mapped devices this one uses, and mapped devices using this one (the dependency tree). */
+  usesNames?: string[];
+  usedBy?: Array<{ name: string; major: number; minor: number }>;
+}
+
+interface FieldDef {
+  id: string;
+  heading: string;
+  width: number;
+  kind: FieldKind;
+  need: FieldNeed;
+  desc: string;
+  value(o: ReportObject): string;
+  /** Numeric sort value for NUM fields. */
+  num?(o: ReportObject): number;
+}
+
+const TYPE_DESC: Record<FieldNeed, string> = {
+  task: "Mapped Device Name",
+  info: "Mapped Device Information",
+  deps: "Mapped Device Relationship Information",
+  tree: "Mapped Device Relationship Information",
+  name: "Mapped Device Name Components",
+};
+
+/** uuid prefix up to the first `-` (dmsetup's subsystem), and LVM's vg-lv-layer split of the name. */
+function splitName(o: ReportObject): { subsystem: string; vg: string; lv: string; layer: string } {
+  const dash = o.uuid.indexOf("-");
+  const subsystem = dash >= 0 ? o.uuid.slice(0, dash) : "";
+  if (subsystem !== "LVM") return { subsystem, vg: "", lv: "", layer: "" };
+  // dm_split_lvm_name: `-` separates, `--` is a literal dash.
+  const parts: string[] = [""];
+  const n = o.name;
+  for (let i = 0; i < n.length; i++) {
+    if (n[i] === "-" && n[i + 1] === "-") {
+      parts[parts.length - 1] += "-";
+      i++;
+    } else if (n[i] === "-" && parts.length < 3) parts.push("");
+    else parts[parts.length - 1] += n[i];
+  }
+  return { subsystem, vg: parts[0] ?? "", lv: parts[1] ?? "", layer: parts[2] ?? "" };
+}
+
+const str = (id: string, heading: string, width: number, need: FieldNeed, desc: string, value: (o: ReportObject) => string): FieldDef => ({
+  id,
+  heading,
+  width,
+  kind: "STR",
+  need,
+  desc,
+  value,
+});
+const num = (id: string, heading: string, width: number, need: FieldNeed, desc: string, n: (o: ReportObject) => number): FieldDef => ({
+  id,
+  heading,
+  width,
+  kind: "NUM",
+  need,
+  desc,
+  value: (o) => String(n(o)),
+  num: n,
+});
+
+/** dmsetup's report fields (stats fields aside), in its order. */
+export const FIELDS: readonly FieldDef[] = [
+  str("name", "Name", 16, "task", "Name of mapped device.", (o) => o.name),
+  str("mangled_name", "MangledName", 16, "task", "Mangled name of mapped device.", (o) => o.mangledName),
+  str("unmangled_name", "UnmangledName", 16, "task", "Unmangled name of mapped device.", (o) => o.unmangledName),
+  str("uuid", "UUID", 32, "task", "Unique (optional) identifier for mapped device.", (o) => o.uuid),
+  str("mangled_uuid", "MangledUUID", 32, "task", "Mangled unique (optional) identifier for mapped device.", (o) => o.mangledUuid),
+  str("unmangled_uuid", "UnmangledUUID", 32, "task", "Unmangled unique (optional) identifier for mapped device.", (o) => o.unmangledUuid),
+  num("read_ahead", "RAhead", 6, "task", "Read ahead value.", (o) => o.readAhead),
+  str("blkdevname", "BlkDevName", 16, "info", "Name of block device.", (o) => o.blkdevname),
+  str(
+    "attr",
+    "Stat",
+    4,
+    "info",
+    "(L)ive, (I)nactive, (s)uspended, (r)ead-only, read-(w)rite.",
+    (o) => `${o.liveTable ? "L" : "-"}${o.inactiveTable ? "I" : "-"}${o.suspended ? "s" : "-"}${o.readOnly ? "r" : "w"}`,
+  ),
+  str("tables_loaded", "Tables", 6, "info", "Which of the live and inactive table slots are filled.", (o) =>
+    o.liveTable ? (o.inactiveTable ? "Both" : "Live") : o.inactiveTable ? "Inactive" : "None",
+  ),
+  str("suspended", "Suspended", 9, "info", "Whether the device is suspended.", (o) => (o.suspended ? "Suspended" : "Active")),
+  str("readonly", "Read-only", 9, "info", "Whether the device is read-only or writeable.", (o) => (o.readOnly ? "Read-only" : "Writeable")),
+  str("devno", "DevNo", 5, "info", "Device major and minor numbers", (o) => `${o.major}:${o.minor}`),
+  num("major", "Maj", 3, "info", "Block device major number.", (o) => o.major),
+  num("minor", "Min", 3, "info", "Block device minor number.", (o) => o.minor),
+  num("open", "Open", 4, "info", "Number of references to open device, if requested.", (o) => o.openCount),
+  num("segments", "Targ", 4, "info", "Number of segments in live table, if present.", (o) => o.targetCount),
+  num("events", "Event", 6, "info", "Number of most recent event.", (o) => o.eventNr),
+  num("device_count", "#Devs", 5, "deps", "Number of devices used by this one.", (o) => o.deps?.length ?? 0),
+  str("devs_used", "DevNamesUsed", 16, "tree", "List of names of mapped devices used by this one.", (o) => (o.usesNames ?? []).join(",")),
+  str("devnos_used", "DevNosUsed", 16, "deps", "List of device numbers of devices used by this one.", (o) =>
+    (o.deps ?? []).map((d) => `${d.major}:${d.minor}`).join(","),
+  ),
+  str("blkdevs_used", "BlkDevNamesUsed", 16, "deps", "List of names of block devices used by this one.", (o) =>
+    (o.deps ?? []).map((d) => d.blkdevname).join(","),
+  ),
+  num("device_ref_count", "#Refs", 5, "tree", "Number of mapped devices referencing this one.", (o) => o.usedBy?.length ?? 0),
+  str("names_using_dev", "RefNames", 8, "tree", "List of names of mapped devices using this one.", (o) => (o.usedBy ?? []).map((u) => u.name).join(",")),
+  str("devnos_using_dev", "RefDevNos", 9, "tree", "List of device numbers of mapped devices using this one.", (o) =>
+    (o.usedBy ?? []).map((u) => `${u.major}:${u.minor}`).join(","),
+  ),
+  str("subsystem", "Subsys", 6, "name", "Userspace subsystem responsible for this device.", (o) => splitName(o).subsystem),
+  str("vg_name", "VG", 4, "name", "LVM Volume Group name.", (o) => splitName(o).vg),
+  str("lv_name", "LV", 4, "name", "LVM Logical Volume name.", (o) => splitName(o).lv),
+  str("lv_layer", "LVLayer", 7, "name", "LVM device layer.", (o) => splitName(o).layer),
+];
+
+/** libdm's implicit fields (selection status and help). */
+const SPECIAL: ReadonlyArray<{ id: string; desc: string }> = [
+  { id: "selected", desc: "Set if item passes selection criteria." },
+  { id: "help", desc: "Show help." },
+  { id: "?", desc: "Show help." },
+];
+
+export const DEFAULT_FIELDS = "name,major,minor,attr,open,segments,events,uuid";
+
+export interface ReportOptions {
+  /** -o value (may start with `+` to extend the defaults). */
+  fields?: string;
+  /** -O value. */
+  sort?: string;
+  noheadings: boolean;
+  separator?: string;
+  nameprefixes: boolean;
+  unquoted: boolean;
+  rows: boolean;
+}
+
+/** A report that could not be set up: the lines for stderr, and whether it was just `help`. */
+export class ReportSetupError extends Error {
+  constructor(
+    readonly stderr: string,
+    readonly helpOnly: boolean,
+  ) {
+    super(stderr);
+  }
+}
+
+const canonical = (s: string): string => s.replace(/_/g, "").toLowerCase();
+
+/** The field listing libdm prints for `-o help` and before "Unrecognised field". */
+export function fieldListing(): string {
+  let idLen = Math.max(...FIELDS.map((f) => f.id.length), ...SPECIAL.map((f) => f.id.length), 3);
+  idLen = Math.max(idLen, 3);
+  const lines: string[] = [];
+  let lastDesc = "";
+  for (const f of FIELDS) {
+    const desc = TYPE_DESC[f.need];
+    if (desc !== lastDesc) {
+      if (lastDesc) lines.push(" ");
+      lines.push(`${desc} Fields`);
+      lines.push("-".repeat(desc.length + 7));
+      lines.push(`  all${"".padEnd(idLen - 3)} - All fields in this section.`);
+    }
+    lines.push(`  ${f.id.padEnd(idLen)} - ${f.desc}`);
+    lastDesc = desc;
+  }
+  lines.push(" ");
+  lines.push("Special Fields");
+  lines.push("-".repeat("Special".length + 7));
+  for (const f of SPECIAL) lines.push(`  ${f.id.padEnd(idLen)} - ${f.desc}`);
+  return lines.map((l) => `${l}\n`).join("");
+}
+
+interface Column {
+  def: FieldDef;
+  hidden: boolean;
+  sortPos?: number;
+  descending?: boolean;
+  width: number;
+}
+
+export class Report {
+  private readonly columns: Column[] = [];
+  private readonly rows: ReportObject[] = [];
+  private readonly aligned: boolean;
+  private readonly headings: boolean;
+  private readonly separator: string;
+
+  private constructor(private readonly opts: ReportOptions) {
+    let aligned = true;
+    let headings = true;
+    let separator = " ";
+    if (opts.noheadings) {
+      separator = ":";
+      aligned = false;
+      headings = false;
+    }
+    if (opts.nameprefixes) aligned = false;
+    if (opts.separator !== undefined) {
+      separator = opts.separator;
+      aligned = false;
+    }
+    this.aligned = aligned;
+    this.headings = headings;
+    this.separator = separator;
+  }
+
+  /** Set up the report as dm_report_init does; throws ReportSetupError (field listing on stderr). */
+  static create(opts: ReportOptions): Report {
+    const r = new Report(opts);
+    let spec = DEFAULT_FIELDS;
+    if (opts.fields !== undefined) spec = opts.fields.startsWith("+") ? `${DEFAULT_FIELDS},${opts.fields.slice(1)}` : opts.fields;
+    let help = false;
+    for (const word of spec.split(",")) {
+      if (word === "") continue;
+      const c = canonical(word);
+      if (c === "help" || word === "?") {
+        help = true;
+        continue;
+      }
+      if (c === "all") {
+        for (const def of FIELDS) r.columns.push({ def, hidden: false, width: def.width });
+        continue;
+      }
+      const def = FIELDS.find((f) => canonical(f.id) === c);
+      if (!def) throw new ReportSetupError(`${fieldListing()} \nUnrecognised field: ${word}\n`, false);
+      r.columns.push({ def, hidden: false, width: def.width });
+    }
+    if (opts.sort !== undefined) {
+      let pos = 0;
+      for (let key of opts.sort.split(",")) {
+        if (key === "") continue;
+        let descending = false;
+        if (key.startsWith("+") || key.startsWith("-")) {
+          descending = key[0] === "-";
+          key = key.slice(1);
+          if (!key) throw new ReportSetupError("dm_report: Missing sort field name\n", false);
+        }
+        const def = FIELDS.find((f) => canonical(f.id) === canonical(key));
+        if (!def) throw new ReportSetupError(`${fieldListing()} \ndm_report: Unrecognised field: ${key}\n`, false);
+        let col = r.columns.find((c) => c.def === def);
+        if (!col) {
+          col = { def, hidden: true, width: def.width };
+          r.columns.unshift(col);
+        }
+        if (col.sortPos !== undefined) {
+          process.stderr.write(`dm_report: Ignoring duplicate sort field: ${def.id}.\n`);
+          continue;
+        }
+        col.sortPos = pos++;
+        col.descending = descending;
+      }
+    }
+    if (help) throw new ReportSetupError(fieldListing(), true);
+    return r;
+  }
+
+  /** What the rows need fetched beyond the device info. */
+  needs(): Set<FieldNeed> {
+    return new Set(this.columns.map((c) => c.def.need));
+  }
+
+  addRow(o: ReportObject): void {
+    this.rows.push(o);
+  }
+
+  get isEmpty(): boolean {
+    return this.rows.length === 0;
+  }
+
+  /** The whole report text (empty when there are no rows). */
+  output(): string {
+    if (this.rows.length === 0) return "";
+    const sortCols = this.columns.filter((c) => c.sortPos !== undefined).sort((a, b) => a.sortPos! - b.sortPos!);
+    const rows = this.rows.map((o) => ({ o, values: this.columns.map((c) => c.def.value(o)) }));
+    if (sortCols.length) {
+      rows.sort((a, b) => {
+        for (const c of sortCols) {
+          let cmp: number;
+          if (c.def.kind === "NUM") cmp = Math.sign(c.def.num!(a.o) - c.def.num!(b.o));
+          else cmp = Buffer.compare(Buffer.from(c.def.value(a.o)), Buffer.from(c.def.value(b.o)));
+          if (cmp !== 0) return c.descending ? -cmp : cmp;
+        }
+        return 0;
+      });
+    }
+    const visible = this.columns.map((c, i) => ({ c, i })).filter((x) => !x.c.hidden);
+    for (const { c, i } of visible) for (const r of rows) c.width = Math.max(c.width, Buffer.byteLength(r.values[i]!));
+    const cell = (c: Column, v: string): string => {
+      let s = v;
+      if (this.aligned) s = c.def.kind === "NUM" ? v.padStart(c.width) : v.padEnd(c.width);
+      if (this.opts.nameprefixes) {
+        const q = this.opts.unquoted ? "" : "'";
+        s = `DM_${c.def.id.toUpperCase()}=${q}${s}${q}`;
+      }
+      return s;
+    };
+    let out = "";
+    if (this.opts.rows) {
+      for (const { c, i } of visible) {
+        let line = this.headings ? `${c.def.heading}${this.separator}` : "";
+        line += rows.map((r) => cell(c, r.values[i]!)).join(this.separator);
+        out += `${line}\n`;
+      }
+      return out;
+    }
+    if (this.headings) {
+      out += `${visible.map(({ c }) => (this.aligned ? c.def.heading.slice(0, c.width).padEnd(c.width) : c.def.heading)).join(this.separator)}\n`;
+    }
+    for (const r of rows) out += `${visible.map(({ c, i }) => cell(c, r.values[i]!)).join(this.separator)}\n`;
+    return out;
+  }
+}
