@@ -137,6 +137,12 @@ export class EraTarget implements Target {
     this.ctx.log("error", "era: metadata operation failed; reverting to the last commit", { error: String((cause as Error)?.message ?? cause) });
     try {
       this.md = await EraMetadata.open(this.io, this.blockSize, false);
+      // The in-core bits must be exactly the committed bits of the current writeset.
+      this.inCore.fill(0);
+      const ws = this.md.currentWriteset;
+      if (ws.root !== 0 && this.inCore.length) {
+        for (const b of await this.md.bitset.setBitsOf(ws.root, Math.min(ws.nrBits, this.nrBlocks))) this.inCore[b >>> 5]! |= 1 << (b & 31);
+      }
     } catch (err) {
       this.broken = new DmError("EIO", `era: metadata unusable: ${(err as Error).message}`);
       this.ctx.log("error", this.broken.message);
@@ -164,8 +170,11 @@ export class EraTarget implements Target {
     return this.serial(async () => {
       if (this.broken) throw this.broken;
       try {
+        const eraBefore = this.md.currentEra;
         await op(this.md);
         await this.md.commit();
+        // A new era started: its writeset is empty, so every block must be recorded again.
+        if (this.md.currentEra !== eraBefore) this.inCore.fill(0);
       } catch (err) {
         await this.abort(err);
         throw err;
@@ -183,6 +192,7 @@ export class EraTarget implements Target {
       take_metadata_snap: (md) => md.takeSnapshot(),
       drop_metadata_snap: (md) => md.dropSnapshot(),
     };
+
     const op = ops[m];
     if (!op) throw invalid(`unsupported message '${argv[0]}'`);
     // The kernel queues the RPC for a worker that is stopped while suspended (the call would hang): refuse instead.

@@ -1,0 +1,354 @@
+import fs from "node:fs";
+import path from "node:path";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { DmError } from "../../daemon/core/errors.js";
+import type { DeviceRegistry } from "../../daemon/device/registry.js";
+import type { Bio } from "../../daemon/io/bio.js";
+import { EraTarget } from "../../daemon/targets/era/target.js";
+import { makeFile, makeRegistry, tempDir } from "../helpers/registry.js";
+import {
+  createEra,
+  eraOf,
+  expectEraCheckClean,
+  expectRefCountsClean,
+  invalidateSince,
+  readBio,
+  rng,
+  run,
+  S,
+  statusOf,
+  tsdm,
+  writeBio,
+} from "./helpers.js";
+
+let reg: DeviceRegistry;
+let tmp: ReturnType<typeof tempDir>;
+beforeEach(() => {
+  reg = makeRegistry();
+  tmp = tempDir("tsdm-era-");
+});
+afterEach(async () => {
+  for (const d of reg.list()) await reg.remove(d).catch(() => undefined);
+  tmp.cleanup();
+});
+
+async function expectDmError(p: Promise<unknown>, errno: string, text?: RegExp): Promise<void> {
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(DmError);
+  expect((err as DmError).errno).toBe(errno);
+  if (text) expect((err as DmError).message).toMatch(text);
+}
+
+const eraTargetOf = (dev: { live?: unknown }): EraTarget => {
+  const t = (dev.live as { entries: Array<{ target: unknown }> }).entries[0]!.target;
+  if (!(t instanceof EraTarget)) throw new Error("not an era target");
+  return t;
+};
+
+describe("era constructor (kernel rules)", () => {
+  it.each([
+    ["two arguments", (m: string, o: string) => `${m} ${o}`, /Invalid argument count/],
+    ["four arguments", (m: string, o: string) => `${m} ${o} 8 8`, /Invalid argument count/],
+    ["block size not a number", (m: string, o: string) => `${m} ${o} 8k`, /Error parsing block size/],
+    ["block size negative", (m: string, o: string) => `${m} ${o} -8`, /Error parsing block size/],
+    ["block size 0", (m: string, o: string) => `${m} ${o} 0`, /Invalid block size/],
+    ["block size 12 (not a multiple of 8)", (m: string, o: string) => `${m} ${o} 12`, /Invalid block size/],
+  ])("%s → EINVAL, metadata untouched", async (_what, params, text) => {
+    const meta = makeFile(tmp.dir, "meta", 1 << 20);
+    const origin = makeFile(tmp.dir, "origin", 1 << 20);
+    const dev = reg.create({ name: "e" });
+    await expectDmError(dev.load([{ start: S(0), length: S(2048), type: "era", params: params(meta, origin) }], false), "EINVAL", text);
+    expect(fs.readFileSync(meta).every((b) => b === 0)).toBe(true);
+  });
+
+  it("a missing device fails the load; a block size that is not a power of two is accepted", async () => {
+    const meta = makeFile(tmp.dir, "meta", 1 << 20);
+    const origin = makeFile(tmp.dir, "origin", 24 * 512 * 10);
+    const dev = reg.create({ name: "e" });
+    await expectDmError(dev.load([{ start: S(0), length: S(240), type: "era", params: `${tmp.dir}/nope ${origin} 8` }], false), "ENOENT");
+    const e = await createEra(reg, "e2", meta, origin, 240, 24);
+    expect(statusOf(e)).toMatch(/^8 \d+\/256 1 -$/);
+    expect(e.live!.lines("table")[0]!.params).toBe(`${meta} ${origin} 24`);
+  });
+
+  it("reopening with another block size is refused and changes nothing", async () => {
+    const meta = makeFile(tmp.dir, "meta", 1 << 20);
+    const origin = makeFile(tmp.dir, "origin", 1 << 20);
+    const e = await createEra(reg, "e", meta, origin, 2048, 8);
+    await reg.remove(e);
+    const before = fs.readFileSync(meta);
+    const dev = reg.create({ name: "f" });
+    await expectDmError(
+      dev.load([{ start: S(0), length: S(2048), type: "era", params: `${meta} ${origin} 16` }], false),
+      "EINVAL",
+      /Error reading metadata: changing the data block size \(from 8 to 16\) is not supported/,
+    );
+    expect(fs.readFileSync(meta).equals(before)).toBe(true);
+  });
+
+  it("garbage in block 0 is refused (not formatted over)", async () => {
+    const meta = makeFile(tmp.dir, "meta", 1 << 20);
+    const origin = makeFile(tmp.dir, "origin", 1 << 20);
+    fs.writeFileSync(meta, Buffer.alloc(4096, 0x5a), { flag: "r+" });
+    const dev = reg.create({ name: "e" });
+    await expectDmError(dev.load([{ start: S(0), length: S(2048), type: "era", params: `${meta} ${origin} 8` }], false), "EILSEQ", /Error reading metadata: superblock 0/);
+    expect(fs.readFileSync(meta).subarray(0, 4096).every((b) => b === 0x5a)).toBe(true);
+  });
+});
+
+describe("era messages, status and suspend/resume", () => {
+  it("status fields, checkpoint, snapshots and their errors, as the kernel", async () => {
+    const meta = makeFile(tmp.dir, "meta", 1 << 20);
+    const origin = makeFile(tmp.dir, "origin", 1 << 20);
+    const dev = await createEra(reg, "e", meta, origin, 2048, 8);
+    expect(statusOf(dev)).toMatch(/^8 \d+\/256 1 -$/);
+    await dev.message(S(0), ["checkpoint"]);
+    expect(eraOf(dev)).toBe(2);
+    await dev.message(S(0), ["CheckPoint"]);
+    expect(eraOf(dev)).toBe(3);
+    await expectDmError(dev.message(S(0), ["checkpoint", "now"]), "EINVAL", /Incorrect number of message arguments/);
+    await expectDmError(dev.message(S(0), ["frobnicate"]), "EINVAL", /unsupported message 'frobnicate'/);
+    await dev.message(S(0), ["take_metadata_snap"]);
+    const st = statusOf(dev).split(" ");
+    expect(st[2]).toBe("4");
+    expect(Number(st[3])).toBeGreaterThan(0);
+    await expectDmError(dev.message(S(0), ["take_metadata_snap"]), "EINVAL", /already exists/);
+    expect(eraOf(dev)).toBe(4); // a refused snapshot does not roll over
+    await dev.message(S(0), ["drop_metadata_snap"]);
+    expect(statusOf(dev)).toMatch(/^8 \d+\/256 4 -$/);
+    await expectDmError(dev.message(S(0), ["drop_metadata_snap"]), "EINVAL", /no snapshot/);
+    await dev.suspend({ noflush: false });
+    await expectDmError(dev.message(S(0), ["checkpoint"]), "EBUSY");
+    await dev.resume({ noflush: false });
+    expect(eraOf(dev)).toBe(5); // every resume rolls over
+    await dev.suspend({ noflush: false });
+    await dev.resume({ noflush: false });
+    expect(eraOf(dev)).toBe(6);
+    await reg.remove(dev);
+    await expectEraCheckClean(meta);
+    await expectRefCountsClean(meta);
+  });
+
+  it("used/total in the status match the space map the checker recounts", async () => {
+    const meta = makeFile(tmp.dir, "meta", 2 << 20);
+    const origin = makeFile(tmp.dir, "origin", 8 << 20);
+    const dev = await createEra(reg, "e", meta, origin, 16384, 8);
+    for (let i = 0; i < 20; i++) await dev.submit(writeBio(i * 64, 8));
+    await dev.message(S(0), ["take_metadata_snap"]);
+    const [, usedTotal] = statusOf(dev).split(" ");
+    const [used, total] = usedTotal!.split("/").map(Number);
+    expect(total).toBe(512);
+    const { checkReferenceCounts } = await import("../../daemon/targets/era/inspect.js");
+    const { FileMetaIo } = await import("../../daemon/targets/era/pdata/block.js");
+    const io = FileMetaIo.open(meta, false);
+    const r = await checkReferenceCounts(io);
+    await io.close();
+    expect(r.problems).toEqual([]);
+    expect(r.nrAllocated).toBe(used);
+  });
+
+  it("a table reload onto the same metadata continues from what the old table committed", async () => {
+    const meta = makeFile(tmp.dir, "meta", 1 << 20);
+    const origin = makeFile(tmp.dir, "origin", 1 << 20);
+    const dev = await createEra(reg, "e", meta, origin, 2048, 8);
+    await dev.submit(writeBio(0, 8));
+    await dev.message(S(0), ["checkpoint"]);
+    await dev.submit(writeBio(80, 8)); // block 10 in era 2
+    await dev.load([{ start: S(0), length: S(2048), type: "era", params: `${meta} ${origin} 8` }], false);
+    await dev.resume({ noflush: false });
+    expect(eraOf(dev)).toBe(3);
+    await dev.submit(writeBio(160, 8)); // block 20 in era 3
+    await dev.suspend({ noflush: false });
+    expect(await invalidateSince(meta, 2)).toEqual([10, 20]);
+    expect(await invalidateSince(meta, 1)).toEqual([0, 10, 20]);
+    await expectEraCheckClean(meta);
+    await expectRefCountsClean(meta);
+  });
+
+  it("the origin sees the data; reads pass through", async () => {
+    const meta = makeFile(tmp.dir, "meta", 1 << 20);
+    const origin = makeFile(tmp.dir, "origin", 1 << 20, "pattern");
+    const before = fs.readFileSync(origin);
+    const dev = await createEra(reg, "e", meta, origin, 2048, 16);
+    const r = readBio(5, 20);
+    await dev.submit(r);
+    expect(r.data!.equals(before.subarray(5 * 512, 25 * 512))).toBe(true);
+    await dev.submit(writeBio(30, 3, 0x11));
+    const after = fs.readFileSync(origin);
+    expect(after.subarray(30 * 512, 33 * 512).every((b) => b === 0x11)).toBe(true);
+    expect(after.subarray(0, 30 * 512).equals(before.subarray(0, 30 * 512))).toBe(true);
+  });
+});
+
+describe("era workloads against thin-provisioning-tools 0.9.0", () => {
+  for (const seed of [1, 2, 3]) {
+    it(`random writes, discards, checkpoints and snapshots (seed ${seed})`, async () => {
+      const rand = rng(seed);
+      const blockSize = 8 * (1 + Math.floor(rand() * 4));
+      const nrBlocks = 700 + Math.floor(rand() * 3000);
+      const sectors = nrBlocks * blockSize - Math.floor(rand() * blockSize); // a partial last block counts
+      const meta = makeFile(tmp.dir, "meta", 4 << 20);
+      const origin = makeFile(tmp.dir, "origin", sectors * 512);
+      const dev = await createEra(reg, "e", meta, origin, sectors, blockSize);
+      const written = new Uint32Array(nrBlocks); // era in which each block was last written; 0 = never
+      let era = eraOf(dev);
+      let snapshot = false;
+      const touch = (sector: number, count: number) => {
+        for (let b = Math.floor(sector / blockSize); b <= Math.floor((sector + count - 1) / blockSize); b++) written[b] = era;
+      };
+      /** era_invalidate sees archived eras only: everything before the current era. */
+      const expectInvalidate = async (since: number) => {
+        const want: number[] = [];
+        for (let b = 0; b < nrBlocks; b++) if (written[b]! >= since && written[b]! < era) want.push(b);
+        expect(await invalidateSince(meta, since)).toEqual(since === 0 ? Array.from({ length: nrBlocks }, (_, i) => i) : want);
+      };
+      for (let step = 0; step < 60; step++) {
+        const batch: Promise<void>[] = [];
+        for (let i = 0; i < 1 + Math.floor(rand() * 20); i++) {
+          const sector = Math.floor(rand() * sectors);
+          const count = 1 + Math.floor(rand() * Math.min(sectors - sector, rand() < 0.2 ? 8 * blockSize : blockSize));
+          const kind = rand();
+          const bio: Bio =
+            kind < 0.8 ? writeBio(sector, count) : kind < 0.9 ? { op: "discard", sector: S(sector), count: S(count), fua: false } : { op: "write_zeroes", sector: S(sector), count: S(count), fua: false };
+          touch(sector, count);
+          batch.push(dev.submit(bio));
+        }
+        await Promise.all(batch);
+        const r = rand();
+        if (r < 0.15) {
+          await dev.message(S(0), ["checkpoint"]);
+          era++;
+          expect(eraOf(dev)).toBe(era);
+        } else if (r < 0.25 && !snapshot) {
+          await dev.message(S(0), ["take_metadata_snap"]);
+          era++;
+          snapshot = true;
+          const since = 1 + Math.floor(rand() * era);
+          await expectInvalidate(since);
+          await expectEraCheckClean(meta);
+        } else if (r < 0.3 && snapshot) {
+          await dev.message(S(0), ["drop_metadata_snap"]);
+          snapshot = false;
+        } else if (r < 0.33) {
+          await dev.suspend({ noflush: false });
+          await expectRefCountsClean(meta);
+          await dev.resume({ noflush: false });
+          era++;
+        }
+      }
+      await dev.suspend({ noflush: false }); // archives the current era
+      era++; // everything written so far is now "before the current era" for the model
+      for (const since of [0, 1, 2, Math.max(1, era - 5), era - 2, era - 1, era]) await expectInvalidate(since);
+      await expectEraCheckClean(meta);
+      await expectRefCountsClean(meta);
+      const [ours, theirs, oursLogical, theirsLogical] = await Promise.all([
+        tsdm(["era", "dump", meta]),
+        run("era_dump", [meta]),
+        tsdm(["era", "dump", "--logical", meta]),
+        run("era_dump", ["--logical", meta]),
+      ]);
+      expect(theirs.code).toBe(0);
+      expect(ours.stdout).toBe(theirs.stdout);
+      expect(oursLogical.stdout).toBe(theirsLogical.stdout);
+      expect((await tsdm(["era", "invalidate", "--written-since", "2", meta])).stdout).toBe((await run("era_invalidate", ["--written-since", "2", meta])).stdout);
+      // Our own view (which also folds the digest in) agrees with the model for every block.
+      await dev.resume({ noflush: false });
+      const t = eraTargetOf(dev);
+      const eras = await t.metadata.logicalEras(true);
+      expect(Array.from(eras)).toEqual(Array.from(written));
+    });
+  }
+});
+
+describe("era metadata written by era_restore", () => {
+  const XML = `<superblock uuid="" block_size="128" nr_blocks="100" current_era="5">
+  <writeset era="3" nr_bits="100">
+    <bit block="1" value="true"/>
+  </writeset>
+  <writeset era="4" nr_bits="100">
+    <bit block="7" value="true"/>
+    <bit block="50" value="true"/>
+    <bit block="51" value="true"/>
+  </writeset>
+  <era_array>
+    <era block="0" era="1"/>
+    <era block="1" era="2"/>
+    <era block="2" era="2"/>
+    <era block="99" era="2"/>
+  </era_array>
+</superblock>
+`;
+
+  it("opens in tsdm, continues at era 6, digests, and the tools agree", async () => {
+    const xml = path.join(tmp.dir, "in.xml");
+    fs.writeFileSync(xml, XML);
+    const meta = makeFile(tmp.dir, "meta", 4 << 20);
+    expect((await run("era_restore", ["-i", xml, "-o", meta])).code).toBe(0);
+    await expectRefCountsClean(meta);
+    const origin = makeFile(tmp.dir, "origin", 100 * 128 * 512);
+    const dev = reg.create({ name: "e" });
+    await expectDmError(dev.load([{ start: S(0), length: S(12800), type: "era", params: `${meta} ${origin} 64` }], false), "EINVAL", /from 128 to 64/);
+    const e = await createEra(reg, "e2", meta, origin, 12800, 128);
+    expect(eraOf(e)).toBe(6);
+    await e.submit(writeBio(5 * 128 + 3, 1));
+    await e.submit(writeBio(51 * 128, 1));
+    await e.suspend({ noflush: false });
+    expect(await invalidateSince(meta, 6)).toEqual([5, 51]);
+    expect(await invalidateSince(meta, 4)).toEqual([5, 7, 50, 51]);
+    expect(await invalidateSince(meta, 3)).toEqual([1, 5, 7, 50, 51]);
+    expect(await invalidateSince(meta, 2)).toEqual([1, 2, 5, 7, 50, 51, 99]);
+    await expectEraCheckClean(meta);
+    await expectRefCountsClean(meta);
+    // Let the digest fold the old writesets into the era array, then check the result is unchanged.
+    await e.resume({ noflush: false });
+    const t = eraTargetOf(e);
+    for (let i = 0; i < 200 && t.metadata.archivedWritesets; i++) await new Promise((r) => setTimeout(r, 5));
+    await e.suspend({ noflush: false });
+    const dump = await run("era_dump", [meta]);
+    expect(dump.stdout).toMatch(/<era block="7" era="4"\/>/);
+    expect(await invalidateSince(meta, 3)).toEqual([1, 5, 7, 50, 51]);
+    await expectRefCountsClean(meta);
+  });
+});
+
+describe("era metadata device full", () => {
+  it("a write that cannot be recorded fails with EIO; what was acknowledged stays recorded and consistent", async () => {
+    // 24 metadata blocks: room for the format and a few eras over a 40000-block origin.
+    const meta = makeFile(tmp.dir, "meta", 24 * 4096);
+    const blockSize = 8;
+    const nrBlocks = 40000;
+    const origin = makeFile(tmp.dir, "origin", nrBlocks * blockSize * 512);
+    const dev = await createEra(reg, "e", meta, origin, nrBlocks * blockSize, blockSize);
+    const acked: number[] = [];
+    let failure: unknown;
+    for (let i = 0; i < 400 && !failure; i++) {
+      const b = (i * 977) % nrBlocks;
+      try {
+        await dev.submit(writeBio(b * blockSize, 1));
+        acked.push(b);
+      } catch (e) {
+        failure = e;
+      }
+      if (i % 40 === 39 && !failure) await dev.message(S(0), ["checkpoint"]).catch((e) => (failure = e));
+    }
+    expect(failure).toBeInstanceOf(DmError);
+    expect(["EIO", "ENOSPC"]).toContain((failure as DmError).errno);
+    expect(String((failure as Error).message)).toMatch(/metadata device full/);
+    const st = statusOf(dev);
+    const [used, total] = st.split(" ")[1]!.split("/").map(Number);
+    expect(total).toBe(24);
+    expect(used).toBeLessThanOrEqual(24);
+    // Committed metadata is intact: the tools accept it and every acknowledged write is in it.
+    await expectEraCheckClean(meta);
+    await expectRefCountsClean(meta);
+    const t = eraTargetOf(dev);
+    const eras = await t.metadata.logicalEras(true);
+    for (const b of acked) expect(eras[b]).toBeGreaterThan(0);
+    await expectDmError(dev.message(S(0), ["take_metadata_snap"]), "ENOSPC", /metadata device full/);
+    await expectEraCheckClean(meta);
+    await expectRefCountsClean(meta);
+  });
+});
