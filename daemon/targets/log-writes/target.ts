@@ -216,6 +216,15 @@ export class LogWritesTarget implements Target {
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
+  /**
+   * After in-flight I/O has drained, let the logger write out what is queued: a suspended device's log holds
+   * every entry that was ready, so status and a copy of the log taken while suspended agree (the kernel does
+   * not wait here, but nothing on disk depends on its timing).
+   */
+  async postsuspend(): Promise<void> {
+    await this.idle();
+  }
+
   // ---- teardown ----
 
   /**
