@@ -5,17 +5,25 @@
 # dm-log-writes on two 16 MiB virtio disks, runs the same workload through tsdm on two 16 MiB files, then
 # compares: the log images byte for byte (the super's padding bytes 28-31, which the kernel leaves
 # uninitialised, are reported separately), the data images, and the status lines.
-# Exit 0 when identical. KVM_TOOLS overrides the harness location.
+# Exit 0 when identical. KVM_TOOLS overrides the harness location. SECTOR=4096 runs both sides on a 4 KiB-sector
+# data device (a loop device in the guest and on the host; needs root), so the log is in 4 KiB units.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../../.." && pwd)"
 KVM_TOOLS="${KVM_TOOLS:-$ROOT/../shared/tools/kvm}"
 OUT="${1:-$(mktemp -d /tmp/tsdm-lw-kernel.XXXXXX)}"
 mkdir -p "$OUT"
-"$KVM_TOOLS/run-guest.sh" -q -o "$OUT/kernel" -t 600 -d data=16M -d log=16M "$HERE/guest.sh" "$HERE/workload.txt"
+SECTOR="${SECTOR:-512}"
+"$KVM_TOOLS/run-guest.sh" -q -o "$OUT/kernel" -t 600 -e SECTOR="$SECTOR" -d data=16M -d log=16M "$HERE/guest.sh" "$HERE/workload.txt"
 mkdir -p "$OUT/tsdm"
+rm -f "$OUT/tsdm/data.img" "$OUT/tsdm/log.img"
 truncate -s 16M "$OUT/tsdm/data.img" "$OUT/tsdm/log.img"
-node --import tsx "$HERE/tsdm-run.ts" "$HERE/workload.txt" "$OUT/tsdm/data.img" "$OUT/tsdm/log.img" > "$OUT/tsdm/status.txt"
+DATA="$OUT/tsdm/data.img"
+if [ "$SECTOR" != 512 ]; then
+  DATA=$(losetup -f --show --sector-size "$SECTOR" "$OUT/tsdm/data.img")
+  trap 'losetup -d "$DATA"' EXIT
+fi
+node --import tsx "$HERE/tsdm-run.ts" "$HERE/workload.txt" "$DATA" "$OUT/tsdm/log.img" > "$OUT/tsdm/status.txt"
 rc=0
 # Each log, replayed by tsdm replay-log onto a zeroed image, must give that side's data image.
 for side in kernel tsdm; do

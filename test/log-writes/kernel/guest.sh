@@ -1,11 +1,17 @@
 #!/bin/bash
 # Runs INSIDE the kvm guest (run-guest.sh): replays workload.txt against the kernel's dm-log-writes on the
 # virtio disks $DISK_data and $DISK_log, then removes the device (end mark). The disk images come back to
-# the host as $OUT/data.img and $OUT/log.img.
+# the host as $OUT/data.img and $OUT/log.img. With SECTOR=4096 the data device is a 4 KiB-sector loop device
+# over a tmpfs file instead (copied to $OUT/data.img at the end), so the log is in 4 KiB units.
 set -euo pipefail
 DEV=/dev/mapper/lw
-N=$(blockdev --getsz "$DISK_data")
-dmsetup create lw --table "0 $N log-writes $DISK_data $DISK_log"
+DATA=$DISK_data
+if [ "${SECTOR:-512}" != 512 ]; then
+  truncate -s 16M /tmp/data4k.img
+  DATA=$(losetup -f --show --sector-size "$SECTOR" /tmp/data4k.img)
+fi
+N=$(blockdev --getsz "$DATA")
+dmsetup create lw --table "0 $N log-writes $DATA $DISK_log"
 pat() { head -c $((4096 * $2)) /dev/zero | tr '\0' "$1"; }
 while read -r op a b c; do
   case "$op" in
@@ -20,3 +26,4 @@ while read -r op a b c; do
 done < /job/in/workload.txt
 dmsetup status lw | tee "$OUT/status.txt"
 dmsetup remove lw
+if [ "$DATA" != "$DISK_data" ]; then losetup -d "$DATA"; cp /tmp/data4k.img "$OUT/data.img"; fi

@@ -2,7 +2,7 @@
  * Host side of the kernel byte-identity check: runs workload.txt through tsdm's log-writes target (in-process)
  * on fresh zeroed data and log files of the given sizes, issuing the bios the kernel's block layer issues for
  * each operation (see workload.txt), then removes the device.
- * Usage: node --import tsx test/log-writes/kernel/tsdm-run.ts <workload> <data.img> <log.img>
+ * Usage: node --import tsx test/log-writes/kernel/tsdm-run.ts <workload> <data file or block device> <log.img>
  */
 import fs from "node:fs";
 import { makeRegistry } from "../../helpers/registry.js";
@@ -12,7 +12,7 @@ async function main(): Promise<void> {
   const [workload, data, log] = process.argv.slice(2) as [string, string, string];
   const reg = makeRegistry();
   const dev = reg.create({ name: "lw" });
-  const sectors = fs.statSync(data).size / 512;
+  const sectors = fs.statSync(log).size / 512; // the data device has the same size (a file or a loop device over one)
   await dev.load([{ start: S(0), length: S(sectors), type: "log-writes", params: `${data} ${log}` }], false);
   await dev.resume({ noflush: false });
   const pat = (c: string, blocks: number) => Buffer.alloc(4096 * blocks, c.charCodeAt(0));
