@@ -47,16 +47,18 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     registry,
     version: VERSION,
     log: log.child({ component: "api" }),
+    persist: () => store.commit(),
     nbdUri: (name) => `nbd+unix:///${encodeURIComponent(name)}?socket=${nbdSocket}`,
     // Audit outermost, so that calls the authorization refuses are audited too.
     interceptors: [auditInterceptor(audit), authzInterceptor(policy, log.child({ component: "authz" }))],
   });
-  if (activatedFd !== undefined) await api.listenInherited(activatedFd);
-  else await api.listenUnix(config.socket, { group: config.group });
   if (config.listen && tls) {
     const port = await api.listenTls(config.listen, tls);
     log.info("remote API listening (mTLS)", { listen: config.listen, port });
   }
+  // The control socket last: once it answers, everything else is up.
+  if (activatedFd !== undefined) await api.listenInherited(activatedFd);
+  else await api.listenUnix(config.socket, { group: config.group });
   log.info("tsdmd ready", { socket: config.socket, nbdSocket: config.nbdSocket, stateDir: config.stateDir, version: VERSION });
 
   let stopping: Promise<void> | undefined;

@@ -34,17 +34,29 @@ export interface ServiceOptions {
   /** The NBD URI of a device's export. */
   nbdUri(name: string): string;
   nodes?: NodeInfoSource;
+  /** Make the device state durable (restart persistence); awaited before a mutating call is answered. */
+  persist?: () => Promise<void>;
 }
 
 type Unary<Req, Res> = (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => void;
 
-/** Wrap an async handler: results go to the callback, DmErrors become gRPC statuses (api/status.ts). */
-function unary<Req, Res>(op: DmOp, fn: (req: Req, call: ServerUnaryCall<Req, Res>) => Promise<Res>): Unary<Req, Res> {
-  return (call, cb) => {
-    fn(call.request, call).then(
-      (res) => cb(null, res),
-      (err: unknown) => cb(toServiceError(err, op, err instanceof DmError ? devnoOf(err) : undefined) as never, null),
-    );
+const MUTATING_OPS = new Set<DmOp>(["create", "reload", "clear", "suspend", "resume", "remove", "remove_all", "rename"]);
+
+/**
+ * Wrap an async handler: results go to the callback, DmErrors become gRPC statuses (api/status.ts). A mutating
+ * call is answered only after the resulting device state is durable.
+ */
+function makeUnary(persist: (() => Promise<void>) | undefined) {
+  return function unary<Req, Res>(op: DmOp, fn: (req: Req, call: ServerUnaryCall<Req, Res>) => Promise<Res>): Unary<Req, Res> {
+    const settle = persist && MUTATING_OPS.has(op) ? persist : undefined;
+    return (call, cb) => {
+      const done = fn(call.request, call);
+      const persisted = settle ? done.finally(() => settle().catch(() => undefined)) : done;
+      persisted.then(
+        (res) => cb(null, res),
+        (err: unknown) => cb(toServiceError(err, op, err instanceof DmError ? devnoOf(err) : undefined) as never, null),
+      );
+    };
   };
 }
 
@@ -78,6 +90,7 @@ const toLines = (lines: readonly TableLineSpec[]): TableLine[] =>
 
 export function createService(opts: ServiceOptions): DeviceMapperServiceServer {
   const { registry } = opts;
+  const unary = makeUnary(opts.persist);
 
   const info = (dev: MappedDevice, inactive = false): DeviceInfo => {
     const node = opts.nodes?.nodeFor(dev);

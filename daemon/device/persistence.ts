@@ -8,8 +8,8 @@ import type { TableLineSpec } from "./table.js";
 
 /**
  * Restart persistence: the devices, their tables (live and inactive) and their suspend state, kept in
- * <state-dir>/devices.json. Written atomically (temp file, fsync, rename, fsync of the directory) after every
- * control change, so a kill -9 at any point leaves either the old or the new state. Targets keep their own
+ * <state-dir>/devices.json. Written atomically (temp file, fsync, rename, fsync of the directory) before a
+ * control change is acknowledged, so a kill -9 at any point leaves either the old or the new state. Targets keep their own
  * on-disk state (era metadata, bow log, log-writes log) and recover it in their constructors.
  */
 interface PersistedDevice {
@@ -39,7 +39,8 @@ const STATE_FILE = "devices.json";
 export class DeviceStateStore {
   private readonly file: string;
   private listener: ((ev: RegistryEvent) => void) | undefined;
-  private pending = false;
+  private dirty = false;
+  private writing: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly stateDir: string,
@@ -49,45 +50,60 @@ export class DeviceStateStore {
     this.file = path.join(stateDir, STATE_FILE);
   }
 
-  /** Save on every registry change from now on. */
+  /** Track registry changes from now on; commit() writes them. */
   start(): void {
     this.listener = (ev) => {
       if (ev.kind === "target_event") return;
-      this.save();
+      this.dirty = true;
+      // Changes made outside an API call (a deferred remove at last close) are saved soon too.
+      setImmediate(() => void this.commit().catch(() => undefined));
     };
     this.registry.on("event", this.listener);
   }
 
-  /** Stop saving (a daemon shutdown tears devices down but they must come back on the next start). */
+  /** Stop tracking (a daemon shutdown tears devices down but they must come back on the next start). */
   stop(): void {
     if (this.listener) this.registry.off("event", this.listener);
     this.listener = undefined;
   }
 
-  save(): void {
-    // Several events can fire in one tick (create → load → resume): write once, at the end of the tick.
-    if (this.pending) return;
-    this.pending = true;
-    queueMicrotask(() => {
-      this.pending = false;
-      this.writeNow();
+  /**
+   * Write the current state if anything changed since the last write. The API awaits this before answering a
+   * mutating call, so what a client was told is done survives a kill -9; concurrent calls share one write.
+   * The I/O is asynchronous: fsync must not stall the NBD data path on the event loop.
+   */
+  commit(): Promise<void> {
+    if (!this.dirty) return this.writing;
+    this.writing = this.writing.then(async () => {
+      if (!this.dirty) return;
+      this.dirty = false;
+      try {
+        await this.write();
+      } catch (err) {
+        this.dirty = true;
+        this.log.error("could not save device state", { file: this.file, error: String(err) });
+        throw err;
+      }
     });
+    return this.writing;
   }
 
-  writeNow(): void {
+  private async write(): Promise<void> {
     const state: StateFile = { version: 1, devices: this.registry.list().map(snapshot) };
     const tmp = `${this.file}.tmp`;
+    const fh = await fs.promises.open(tmp, "w", 0o600);
     try {
-      const fd = fs.openSync(tmp, "w", 0o600);
-      fs.writeSync(fd, JSON.stringify(state, null, 2) + "\n");
-      fs.fsyncSync(fd);
-      fs.closeSync(fd);
-      fs.renameSync(tmp, this.file);
-      const dfd = fs.openSync(this.stateDir, "r");
-      fs.fsyncSync(dfd);
-      fs.closeSync(dfd);
-    } catch (err) {
-      this.log.error("could not save device state", { file: this.file, error: String(err) });
+      await fh.writeFile(JSON.stringify(state, null, 2) + "\n");
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await fs.promises.rename(tmp, this.file);
+    const dir = await fs.promises.open(this.stateDir, "r");
+    try {
+      await dir.sync();
+    } finally {
+      await dir.close();
     }
   }
 

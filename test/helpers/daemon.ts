@@ -3,6 +3,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import net from "node:net";
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 export const BIN = {
@@ -92,18 +93,18 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<TestDaemon>
       stdio: ["ignore", "pipe", "pipe"],
     });
     proc.stdout!.on("data", (b: Buffer) => (logText += b.toString()));
-    await new Promise<void>((resolve, reject) => {
-      const onData = (b: Buffer): void => {
-        logText += b.toString();
-        if (logText.includes('"msg":"tsdmd ready"')) {
-          proc.stderr!.off("data", onData);
-          proc.stderr!.on("data", (c: Buffer) => (logText += c.toString()));
-          resolve();
-        }
-      };
-      proc.stderr!.on("data", onData);
-      proc.once("exit", (code) => reject(new Error(`tsdmd exited with ${code} before it was ready:\n${logText}`)));
-    });
+    proc.stderr!.on("data", (b: Buffer) => (logText += b.toString()));
+    const exited = new Promise<never>((_, reject) =>
+      proc.once("exit", (code) => reject(new Error(`tsdmd exited with ${code} before it was ready:\n${logText}`))),
+    );
+    exited.catch(() => undefined);
+    // Ready = the control socket accepts connections (independent of the log level).
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      if (await canConnect(socket)) break;
+      if (Date.now() > deadline) throw new Error(`tsdmd did not become ready:\n${logText}`);
+      await Promise.race([new Promise((r) => setTimeout(r, 25)), exited]);
+    }
   };
   await launch();
 
@@ -135,4 +136,15 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<TestDaemon>
     restart: launch,
     cleanup: () => fs.rmSync(dir, { recursive: true, force: true }),
   };
+}
+
+function canConnect(socket: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = net.connect(socket);
+    c.once("connect", () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once("error", () => resolve(false));
+  });
 }
