@@ -24,6 +24,7 @@ import {
   putSimpleReply,
 } from "./protocol.js";
 import { writeZeroesFallback } from "./zeroes.js";
+import { sharedPool } from "./buffer-pool.js";
 
 /** Oversized WRITE payloads up to this size are skipped (read and dropped) to keep the stream in sync; beyond it
  * the connection is closed, as a client sending that much garbage is not worth the bandwidth. */
@@ -65,6 +66,7 @@ export class Connection {
   private wCookieLo = 0;
   private wOffset = 0;
   private wLength = 0;
+  /** The pooled buffer the payload is assembled in, when it spans chunks. */
   private wBuf: Buffer | undefined;
   private wFill = 0;
   /** Payload bytes still to drop (a refused WRITE), and the reply to send once they are gone. */
@@ -159,10 +161,10 @@ export class Connection {
           if (this.wFill === 0 && len - pos >= need) {
             // The whole payload is in this chunk: use it in place.
             this.rx = RxState.Header;
-            this.submitWrite(chunk.subarray(pos, pos + need));
+            this.submitWrite(chunk.subarray(pos, pos + need), undefined);
             pos += need;
           } else {
-            const buf = (this.wBuf ??= Buffer.allocUnsafe(this.wLength));
+            const buf = (this.wBuf ??= sharedPool.get(this.wLength));
             const n = Math.min(need, len - pos);
             chunk.copy(buf, this.wFill, pos, pos + n);
             this.wFill += n;
@@ -171,7 +173,7 @@ export class Connection {
               this.wBuf = undefined;
               this.wFill = 0;
               this.rx = RxState.Header;
-              this.submitWrite(buf);
+              this.submitWrite(buf.subarray(0, this.wLength), buf);
             }
           }
           break;
@@ -250,36 +252,34 @@ export class Connection {
       putChunkHeader(b, 0, ReplyFlag.DONE, ReplyType.NONE, cookieHi, cookieLo, 0);
       return this.send(b);
     }
-    // One allocation for the reply header and the data; the bio reads straight into it.
-    let buf: Buffer;
-    let head: number;
+    // One buffer for the reply header and the data; the bio reads straight into it.
+    const head = this.structured ? CHUNK_HEADER_SIZE + 8 : SIMPLE_REPLY_SIZE;
+    const pooled = sharedPool.get(head + length);
+    const buf = pooled.subarray(0, head + length);
     if (this.structured) {
-      head = CHUNK_HEADER_SIZE + 8;
-      buf = Buffer.allocUnsafe(head + length);
       putChunkHeader(buf, 0, ReplyFlag.DONE, ReplyType.OFFSET_DATA, cookieHi, cookieLo, 8 + length);
       buf.writeUInt32BE(Math.floor(offset / TWO_32), CHUNK_HEADER_SIZE);
       buf.writeUInt32BE(offset >>> 0, CHUNK_HEADER_SIZE + 4);
     } else {
-      head = SIMPLE_REPLY_SIZE;
-      buf = Buffer.allocUnsafe(head + length);
       putSimpleReply(buf, 0, 0, cookieHi, cookieLo);
     }
     const bio: Bio = { op: "read", sector: (offset / 512) as Sector, count: (length / 512) as Sector, data: buf.subarray(head), fua: false };
     this.started(length);
     this.dev.submit(bio).then(
-      () => this.readDone(buf, length),
-      (e: unknown) => this.readFailed(buf, length, e),
+      () => this.readDone(buf, pooled, length),
+      (e: unknown) => this.readFailed(buf, pooled, length, e),
     );
   }
 
-  private readDone(buf: Buffer, length: number): void {
+  private readDone(buf: Buffer, pooled: Buffer, length: number): void {
     this.finished(length);
-    this.send(buf);
+    this.send(buf, pooled);
     this.maybeFinish();
   }
 
-  private readFailed(buf: Buffer, length: number, e: unknown): void {
+  private readFailed(buf: Buffer, pooled: Buffer, length: number, e: unknown): void {
     this.finished(length);
+    sharedPool.put(pooled);
     // The cookie sits at bytes 8..16 of both reply header kinds.
     this.replyError(Cmd.READ, buf.readUInt32BE(8), buf.readUInt32BE(12), nbdErrorOf(e), errorMessage(e));
     this.maybeFinish();
@@ -313,7 +313,7 @@ export class Connection {
     this.rx = RxState.Payload;
   }
 
-  private submitWrite(data: Buffer): void {
+  private submitWrite(data: Buffer, pooled: Buffer | undefined): void {
     const bio: Bio = {
       op: "write",
       sector: (this.wOffset / 512) as Sector,
@@ -321,7 +321,7 @@ export class Connection {
       data,
       fua: (this.wFlags & CmdFlag.FUA) !== 0,
     };
-    this.submitEmpty(Cmd.WRITE, this.wCookieHi, this.wCookieLo, bio, data.length);
+    this.submitEmpty(Cmd.WRITE, this.wCookieHi, this.wCookieLo, bio, data.length, pooled);
   }
 
   private trim(flags: number, cookieHi: number, cookieLo: number, offset: number, length: number): void {
@@ -355,11 +355,17 @@ export class Connection {
   }
 
   /** Submit a bio whose success reply carries no data. */
-  private submitEmpty(type: number, cookieHi: number, cookieLo: number, bio: Bio, bytes: number): void {
+  private submitEmpty(type: number, cookieHi: number, cookieLo: number, bio: Bio, bytes: number, pooled?: Buffer): void {
     this.started(bytes);
     this.dev.submit(bio).then(
-      () => this.emptyDone(cookieHi, cookieLo, bytes),
-      (e: unknown) => this.emptyFailed(type, cookieHi, cookieLo, bio, bytes, e),
+      () => {
+        if (pooled) sharedPool.put(pooled);
+        this.emptyDone(cookieHi, cookieLo, bytes);
+      },
+      (e: unknown) => {
+        if (pooled) sharedPool.put(pooled);
+        this.emptyFailed(type, cookieHi, cookieLo, bio, bytes, e);
+      },
     );
   }
 
@@ -442,14 +448,19 @@ export class Connection {
     this.send(b);
   }
 
-  private send(b: Buffer): void {
-    if (this.closed) return;
+  /** Queue a reply; `pooled` (the buffer `b` lies in) goes back to the pool once the socket has taken it. */
+  private send(b: Buffer, pooled?: Buffer): void {
+    if (this.closed) {
+      if (pooled) sharedPool.put(pooled);
+      return;
+    }
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
       setImmediate(this.uncork);
     }
-    this.socket.write(b);
+    if (pooled) this.socket.write(b, () => sharedPool.put(pooled));
+    else this.socket.write(b);
   }
 
   private readonly uncork = (): void => {
@@ -511,6 +522,9 @@ export class Connection {
       this.corked = false;
       this.socket.uncork();
     }
+    // Drop the open before our FIN: a client that saw the connection close may remove the device at once
+    // (nbdcopy ... && tsdmsetup remove), as it may after closing a kernel block device.
+    this.release();
     this.socket.end();
     setTimeout(() => this.socket.destroy(), LINGER_MS).unref();
   }
@@ -519,6 +533,7 @@ export class Connection {
     this.closed = true;
     this.rx = RxState.Stopped;
     this.stash = undefined;
+    if (this.wBuf) sharedPool.put(this.wBuf);
     this.wBuf = undefined;
     this.release();
   };

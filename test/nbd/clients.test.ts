@@ -1,0 +1,149 @@
+import crypto from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { RawClient } from "./raw-client.js";
+import { run, runOk, startNbd, type NbdFixture } from "./fixture.js";
+
+// Real NBD clients (libnbd's nbdinfo/nbdcopy, qemu-img, qemu-io) against the in-process server.
+describe("NBD server with real clients", () => {
+  let fx: NbdFixture;
+
+  beforeAll(async () => {
+    fx = await startNbd();
+  });
+  afterAll(async () => {
+    await fx?.close();
+  });
+
+  it("lists only devices with a live table, with size, flags and block sizes", async () => {
+    await fx.linear("list-a", 4 << 20);
+    fx.reg.create({ name: "list-empty" }); // no table: not an export
+    const list = await runOk("nbdinfo", ["--list", "--json", `nbd+unix://?socket=${fx.sock}`]);
+    const exports = JSON.parse(list).exports as { "export-name": string }[];
+    const names = exports.map((e) => e["export-name"]);
+    expect(names).toContain("list-a");
+    expect(names).not.toContain("list-empty");
+
+    const info = JSON.parse(await runOk("nbdinfo", ["--json", fx.uri("list-a")])).exports[0];
+    expect(info["export-size"]).toBe(4 << 20);
+    expect(info["block_size_minimum"]).toBe(512);
+    expect(info["block_size_preferred"]).toBe(4096);
+    expect(info["block_size_maximum"]).toBe(32 << 20);
+    expect(info["contexts"]).toEqual(["base:allocation"]);
+    expect(info["is_read_only"]).toBe(false);
+
+    for (const cap of ["flush", "trim", "zero", "fua", "multi-conn", "cache", "fast-zero"]) {
+      expect((await run("nbdinfo", ["--can", cap, fx.uri("list-a")])).code, cap).toBe(0);
+    }
+    // GO on the table-less device fails (libnbd shows ERR_UNKNOWN as ENOENT), rather than opening an empty disk.
+    const refused = await run("nbdinfo", [fx.uri("list-empty")]);
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toMatch(/server replied with error to opt_go/);
+  });
+
+  it("qemu-io writes and reads back patterns, and the data is in the backing file", async () => {
+    const { file } = await fx.linear("qio", 4 << 20);
+    await runOk("qemu-io", ["-f", "raw", fx.uri("qio"), "-c", "write -P 0xab 0 64k", "-c", "read -P 0xab 0 64k", "-c", "write -f -P 0xcd 1M 128k", "-c", "flush"]);
+    const back = fs.readFileSync(file);
+    expect(back.subarray(0, 64 << 10).every((b) => b === 0xab)).toBe(true);
+    expect(back.subarray(1 << 20, (1 << 20) + (128 << 10)).every((b) => b === 0xcd)).toBe(true);
+    expect(back.subarray(64 << 10, 1 << 20).every((b) => b === 0)).toBe(true);
+  });
+
+  it("nbdcopy copies out and in bit-exactly", async () => {
+    const { file } = await fx.linear("copy", 8 << 20, { fill: "pattern" });
+    const out = path.join(fx.dir, "copy-out.img");
+    await runOk("nbdcopy", [fx.uri("copy"), out]);
+    expect(fs.readFileSync(out).equals(fs.readFileSync(file))).toBe(true);
+
+    const src = path.join(fx.dir, "copy-src.img");
+    fs.writeFileSync(src, crypto.randomBytes(8 << 20));
+    await runOk("nbdcopy", ["--flush", src, fx.uri("copy")]);
+    expect(fs.readFileSync(file).equals(fs.readFileSync(src))).toBe(true);
+  });
+
+  it("qemu-img info, convert and compare", async () => {
+    await fx.linear("qimg", 4 << 20);
+    const info = JSON.parse(await runOk("qemu-img", ["info", "--output=json", fx.uri("qimg")]));
+    expect(info["virtual-size"]).toBe(4 << 20);
+
+    const src = path.join(fx.dir, "qimg-src.img");
+    fs.writeFileSync(src, crypto.randomBytes(4 << 20));
+    await runOk("qemu-img", ["convert", "-n", "-f", "raw", "-O", "raw", src, fx.uri("qimg")]);
+    await runOk("qemu-img", ["compare", "-f", "raw", "-F", "raw", src, fx.uri("qimg")]);
+    const b = fs.readFileSync(src);
+    b[12345] ^= 0xff;
+    fs.writeFileSync(src, b);
+    const differ = await run("qemu-img", ["compare", "-f", "raw", "-F", "raw", src, fx.uri("qimg")]);
+    expect(differ.code).toBe(1);
+    expect(differ.stdout).toMatch(/Content mismatch at offset 12288/);
+  });
+
+  it("nbdinfo --map reports base:allocation over the whole export", async () => {
+    await fx.linear("map", 2 << 20);
+    const map = JSON.parse(await runOk("nbdinfo", ["--map", "--json", fx.uri("map")]));
+    expect(map).toEqual([{ offset: 0, length: 2 << 20, type: 0, description: "data" }]);
+  });
+
+  it("discard punches a hole in the backing file; write-zeroes zeroes", async () => {
+    const { file } = await fx.linear("trim", 4 << 20, { fill: "pattern" });
+    const before = fs.statSync(file).blocks;
+    await runOk("qemu-io", ["-f", "raw", fx.uri("trim"), "-c", "discard 0 1M", "-c", "write -z 2M 512k", "-c", "read -P 0 2M 512k"]);
+    const after = fs.statSync(file).blocks;
+    expect(after).toBeLessThanOrEqual(before - (1 << 20) / 512);
+    const back = fs.readFileSync(file);
+    expect(back.subarray(0, 1 << 20).every((x) => x === 0)).toBe(true);
+    expect(back.subarray(2 << 20, (2 << 20) + (512 << 10)).every((x) => x === 0)).toBe(true);
+    expect(back.subarray(1 << 20, 2 << 20).some((x) => x !== 0)).toBe(true); // untouched
+  });
+
+  it("a read-only device is advertised read-only and refuses writes with EPERM", async () => {
+    const { file } = await fx.linear("ro", 1 << 20, { fill: "pattern", readOnly: true });
+    expect((await run("nbdinfo", ["--is", "read-only", fx.uri("ro")])).code).toBe(0);
+    const c = await RawClient.connect(fx.sock);
+    await c.greet();
+    const { flags } = await c.go("ro");
+    expect(flags & 2).toBe(2);
+    c.request(1, { cookie: 7n, offset: 0, payload: Buffer.alloc(4096, 1) });
+    expect((await c.simpleReply()).error).toBe(1);
+    c.request(4, { cookie: 8n, offset: 0, length: 4096 });
+    expect((await c.simpleReply()).error).toBe(1);
+    c.request(0, { cookie: 9n, offset: 0, length: 4096 });
+    const r = await c.simpleReply(4096);
+    expect(r.error).toBe(0);
+    expect(r.data.equals(fs.readFileSync(file).subarray(0, 4096))).toBe(true);
+    c.destroy();
+    // A real client's write fails too.
+    const w = await run("qemu-io", ["-f", "raw", fx.uri("ro"), "-c", "write -P 1 0 4k"]);
+    expect(`${w.stdout}${w.stderr}`).toMatch(/read-only|not permitted|permission denied/i);
+  });
+
+  it("holds the device open while attached; a removed device's clients are disconnected", async () => {
+    const { dev } = await fx.linear("gone", 1 << 20);
+    const c = await RawClient.connect(fx.sock);
+    await c.greet();
+    await c.go("gone");
+    expect(dev.openCount).toBe(1);
+    // dmsetup remove refuses an open device, as the kernel does.
+    await expect(fx.reg.remove(dev)).rejects.toMatchObject({ errno: "EBUSY" });
+    await fx.reg.discard(dev);
+    await c.closed();
+    expect(fx.server.clientCount).toBe(0);
+  });
+
+  it("a rename keeps attached clients working; the export takes the new name", async () => {
+    const { dev } = await fx.linear("old-name", 1 << 20, { fill: "pattern" });
+    const c = await RawClient.connect(fx.sock);
+    await c.greet();
+    await c.go("old-name");
+    fx.reg.rename(dev, "new-name");
+    c.request(0, { cookie: 1n, offset: 512, length: 512 });
+    expect((await c.simpleReply(512)).error).toBe(0);
+    c.request(2);
+    await c.closed();
+    expect((await run("nbdinfo", [fx.uri("new-name")])).code).toBe(0);
+    expect((await run("nbdinfo", [fx.uri("old-name")])).code).not.toBe(0);
+    expect(dev.openCount).toBe(0);
+  });
+});
