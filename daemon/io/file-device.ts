@@ -10,6 +10,10 @@ import { SECTOR_SHIFT, type Sector } from "../core/units.js";
  * cache (pread/pwrite on the libuv pool); FUA writes go through a second descriptor opened O_DSYNC so that only
  * that write waits for the disk; flush is fdatasync. Discards punch holes in files and become BLKDISCARD on
  * block devices.
+ *
+ * Files on tmpfs/ramfs are memory: a pread or pwrite of a few pages there costs a memcpy, while the round trip
+ * through the libuv pool (queue, wake a worker, wake the loop) costs several times that in CPU and latency. Small
+ * reads and writes to such files (up to SYNC_IO_MAX) are therefore done synchronously on the calling thread.
  */
 export class FileDevice implements BlockDevice {
   readonly kernelName: string;
@@ -24,6 +28,8 @@ export class FileDevice implements BlockDevice {
     readonly logicalBlockSize: number,
     readonly devno: { major: number; minor: number },
     readonly readOnly: boolean,
+    /** On tmpfs/ramfs: small I/O is done synchronously (see the class comment). */
+    readonly memoryBacked: boolean,
   ) {
     this.kernelName = isBlockDevice ? blockDeviceName(path) : path;
   }
@@ -45,7 +51,8 @@ export class FileDevice implements BlockDevice {
       const sizeBytes = isBlock ? Number(native.blkGetSize64(fd)) : st.size;
       const lbs = isBlock ? native.blkLogicalBlockSize(fd) : 512;
       const devno = isBlock ? { major: major(st.rdev), minor: minor(st.rdev) } : { major: 0, minor: 0 };
-      return new FileDevice(path, fd, syncFd, isBlock, Math.floor(sizeBytes / 512) as Sector, lbs, devno, readOnly);
+      const memoryBacked = !isBlock && isMemoryFs(path);
+      return new FileDevice(path, fd, syncFd, isBlock, Math.floor(sizeBytes / 512) as Sector, lbs, devno, readOnly, memoryBacked);
     } catch (err) {
       if (fd >= 0) fs.closeSync(fd);
       if (syncFd >= 0) fs.closeSync(syncFd);
@@ -58,9 +65,11 @@ export class FileDevice implements BlockDevice {
     const pos = bio.sector * 512;
     switch (bio.op) {
       case "read":
+        if (this.memoryBacked && bio.data!.length <= SYNC_IO_MAX) return settle(readFullySync, this.fd, bio.data!, pos);
         return readFully(this.fd, bio.data!, pos);
       case "write":
         if (this.readOnly) return Promise.reject(new DmError("EROFS", `${this.path} is read-only`));
+        if (this.memoryBacked && bio.data!.length <= SYNC_IO_MAX) return settle(writeFullySync, bio.fua ? this.syncFd : this.fd, bio.data!, pos);
         return writeFully(bio.fua ? this.syncFd : this.fd, bio.data!, pos);
       case "flush":
         return new Promise((resolve, reject) => fs.fdatasync(this.fd, (err) => (err ? reject(err) : resolve())));
@@ -91,6 +100,46 @@ export class FileDevice implements BlockDevice {
     this.closed = true;
     await Promise.all([closeFd(this.fd), this.syncFd >= 0 ? closeFd(this.syncFd) : undefined]);
   }
+}
+
+/** Largest request done synchronously on memory-backed files: beyond it the copy itself is worth a worker. */
+const SYNC_IO_MAX = 64 << 10;
+const TMPFS_MAGIC = 0x01021994;
+const RAMFS_MAGIC = 0x858458f6;
+
+function isMemoryFs(path: string): boolean {
+  try {
+    const t = fs.statfsSync(path).type;
+    return t === TMPFS_MAGIC || t === RAMFS_MAGIC;
+  } catch {
+    return false;
+  }
+}
+
+function settle(io: (fd: number, buf: Buffer, pos: number) => void, fd: number, buf: Buffer, pos: number): Promise<void> {
+  try {
+    io(fd, buf, pos);
+    return Promise.resolve();
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}
+
+function readFullySync(fd: number, buf: Buffer, pos: number): void {
+  let done = 0;
+  while (done < buf.length) {
+    const n = fs.readSync(fd, buf, done, buf.length - done, pos + done);
+    if (n === 0) {
+      buf.fill(0, done); // past the end of the file, as readFully
+      return;
+    }
+    done += n;
+  }
+}
+
+function writeFullySync(fd: number, buf: Buffer, pos: number): void {
+  let done = 0;
+  while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done, pos + done);
 }
 
 function closeFd(fd: number): Promise<void> {
