@@ -51,12 +51,14 @@ export class TransactionManager {
   }
 
   isShadow(b: MetaBlock): boolean {
-    return this.shadows.has(b);
+    return this.shadows.has(b) && this.sm.count(b) === 1;
   }
 
   /** dm_tm_shadow_block: a writable version of `b`, copied to a new block unless already shadowed this transaction. */
   async shadow(b: MetaBlock, v: BlockValidator): Promise<Shadow> {
-    if (this.shadows.has(b)) return { b, buf: this.dirty.get(b)!.buf, incChildren: false };
+    // Written in place only if this transaction made it and nothing else shares it (a block created in this
+    // transaction can already be shared, e.g. one full array block inserted many times).
+    if (this.shadows.has(b) && this.sm.count(b) === 1) return { b, buf: this.dirty.get(b)!.buf, incChildren: false };
     const src = await this.read(b, v);
     const shared = this.sm.count(b) > 1;
     const nb = this.sm.alloc();
