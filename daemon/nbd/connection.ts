@@ -128,6 +128,12 @@ export class Connection {
   // ---- receiving ----
 
   private readonly onData = (chunk: Buffer): void => {
+    if (this.stash) {
+      // Paused with unparsed bytes (only while feeding the handshake's leftovers): keep the order.
+      this.stash = Buffer.concat([this.stash.subarray(this.stashPos), chunk]);
+      this.stashPos = 0;
+      return;
+    }
     this.consume(chunk, 0);
   };
 
@@ -265,7 +271,7 @@ export class Connection {
     }
     const bio: Bio = { op: "read", sector: (offset / 512) as Sector, count: (length / 512) as Sector, data: buf.subarray(head), fua: false };
     this.started(length);
-    this.dev.submit(bio).then(
+    this.submitBio(bio).then(
       () => this.readDone(buf, pooled, length),
       (e: unknown) => this.readFailed(buf, pooled, length, e),
     );
@@ -357,7 +363,7 @@ export class Connection {
   /** Submit a bio whose success reply carries no data. */
   private submitEmpty(type: number, cookieHi: number, cookieLo: number, bio: Bio, bytes: number, pooled?: Buffer): void {
     this.started(bytes);
-    this.dev.submit(bio).then(
+    this.submitBio(bio).then(
       () => {
         if (pooled) sharedPool.put(pooled);
         this.emptyDone(cookieHi, cookieLo, bytes);
@@ -367,6 +373,15 @@ export class Connection {
         this.emptyFailed(type, cookieHi, cookieLo, bio, bytes, e);
       },
     );
+  }
+
+  /** dev.submit, with a synchronous throw from a target turned into a failed request instead of a dead daemon. */
+  private submitBio(bio: Bio): Promise<void> {
+    try {
+      return this.dev.submit(bio);
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
 
   private emptyDone(cookieHi: number, cookieLo: number, bytes: number): void {

@@ -3,6 +3,7 @@ import net from "node:net";
 import path from "node:path";
 import { silentLogger } from "../../daemon/core/log.js";
 import { NbdServer } from "../../daemon/nbd/server.js";
+import type { Sector } from "../../daemon/core/units.js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { RawClient, infoRequest, metaRequest } from "./raw-client.js";
 import { runOk, startNbd, type NbdFixture } from "./fixture.js";
@@ -262,6 +263,50 @@ describe("NBD protocol handling", () => {
       const r = await c.simpleReply(n * 512);
       expect(r.cookie).toBe(77n);
       for (let i = 0; i < n; i++) expect(r.data.subarray(i * 512, (i + 1) * 512).every((b) => b === i)).toBe(true);
+      c.destroy();
+    });
+
+    it("target errors reach the client as NBD errors (EIO from dm-error, structured and simple)", async () => {
+      const dev = fx.reg.create({ name: "broken" });
+      await dev.load([{ start: 0 as Sector, length: 2048 as Sector, type: "error", params: "" }], false);
+      await dev.resume({ noflush: false });
+      const c = await RawClient.connect(fx.sock);
+      await c.greet();
+      c.sendOption(OPT.STRUCTURED_REPLY);
+      await c.optionReply();
+      await c.go("broken");
+      c.request(CMD.READ, { cookie: 1n, offset: 0, length: 4096 });
+      const ch = await c.chunk();
+      expect(ch).toMatchObject({ flags: 1, type: 0x8001, cookie: 1n });
+      expect(ch.data.readUInt32BE(0)).toBe(5);
+      expect(ch.data.subarray(6).toString()).toMatch(/error target/);
+      c.request(CMD.WRITE, { cookie: 2n, offset: 0, payload: Buffer.alloc(4096) });
+      expect((await c.simpleReply()).error).toBe(5);
+      c.destroy();
+      await c.closed();
+      await fx.reg.discard(dev);
+    });
+
+    it("requests pipelined right behind NBD_OPT_GO are served", async () => {
+      const c = await RawClient.connect(fx.sock);
+      await c.greet();
+      const go = Buffer.alloc(16);
+      go.writeBigUInt64BE(0x49484156454f5054n, 0);
+      go.writeUInt32BE(OPT.GO, 8);
+      const data = infoRequest("disk", []);
+      go.writeUInt32BE(data.length, 12);
+      const req = Buffer.alloc(28);
+      req.writeUInt32BE(0x25609513, 0);
+      req.writeUInt16BE(CMD.READ, 6);
+      req.writeBigUInt64BE(11n, 8);
+      req.writeBigUInt64BE(1024n, 16);
+      req.writeUInt32BE(512, 24);
+      c.write(Buffer.concat([go, data, req]));
+      const replies = await c.optionReplies();
+      expect(replies[replies.length - 1]!.type).toBe(REP.ACK);
+      const r = await c.simpleReply(512);
+      expect(r).toMatchObject({ error: 0, cookie: 11n });
+      expect(r.data.equals(fs.readFileSync(file).subarray(1024, 1536))).toBe(true);
       c.destroy();
     });
 
