@@ -480,7 +480,7 @@ function tableOrStatus(kind: "table" | "status"): Handler {
       if (ctx.sw.target !== undefined && (!l || l.targetType !== ctx.sw.target)) continue;
       if (!matched && !concise && ctx.sw.verbose) text += formatInfoBlock(ctx.view(d));
       if (!concise && st.multiple && !ctx.sw.verbose) text += `${label}: `;
-      if (l) {
+      if (l && !concise) {
         const params = kind === "table" && !ctx.sw.showkeys ? hideKeys(l.targetType, l.params) : l.params;
         text += formatTargetText({ start: l.startSector, length: l.lengthSectors, type: l.targetType, params });
       }

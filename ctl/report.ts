@@ -270,10 +270,7 @@ export class Report {
           col = { def, hidden: true, width: def.width };
           r.columns.unshift(col);
         }
-        if (col.sortPos !== undefined) {
-          process.stderr.write(`dm_report: Ignoring duplicate sort field: ${def.id}.\n`);
-          continue;
-        }
+        if (col.sortPos !== undefined) continue; // libdm warns and ignores a repeated sort key
         col.sortPos = pos++;
         col.descending = descending;
       }
