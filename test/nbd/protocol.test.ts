@@ -368,6 +368,24 @@ describe("NBD protocol handling", () => {
       expect(fx.reg.get({ name: "disk" }).openCount).toBe(0);
     });
 
+    it("enforces maxConnections and the handshake timeout", async () => {
+      const sock = path.join(fx.dir, "limited.sock");
+      const server = new NbdServer({ registry: fx.reg, log: silentLogger, maxConnections: 1, handshakeTimeoutMs: 200 });
+      await server.listenUnix(sock);
+      const first = await RawClient.connect(sock);
+      await first.greet();
+      const second = await RawClient.connect(sock);
+      await second.closed();
+      expect(second.received).toBe(0);
+      // The first client never sends an option: the server gives up on it.
+      await first.closed();
+      const third = await RawClient.connect(sock);
+      await third.greet();
+      await third.go("disk");
+      third.destroy();
+      await server.close();
+    });
+
     it("listenUnix replaces a stale socket but refuses one a live server owns; listenTcp returns the port", async () => {
       const server = new NbdServer({ registry: fx.reg, log: silentLogger });
       await expect(server.listenUnix(fx.sock)).rejects.toMatchObject({ code: "EADDRINUSE" });
