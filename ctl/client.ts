@@ -60,6 +60,11 @@ export class DaemonError extends Error {
     super(details);
   }
 
+  /** Refused by the daemon's authorization (no errno of its own). */
+  get denied(): boolean {
+    return (this.code === status.PERMISSION_DENIED || this.code === status.UNAUTHENTICATED) && this.op === undefined;
+  }
+
   /** The daemon could not be reached at all. */
   get unreachable(): boolean {
     return this.code === status.UNAVAILABLE && this.op === undefined;
@@ -98,7 +103,9 @@ function toDaemonError(err: ServiceError): DaemonError {
   const devnoText = get("tsdm-devno");
   const m = devnoText ? /^(\d+):(\d+)$/.exec(devnoText) : null;
   const devno = m ? { major: Number(m[1]), minor: Number(m[2]) } : undefined;
-  return new DaemonError(err.code, get("tsdm-errno") ?? "EIO", get("tsdm-op"), devno, err.details ?? err.message);
+  // Refusals by the daemon's authorization layer carry no errno: the kernel's answer would be EACCES.
+  const denied = err.code === status.PERMISSION_DENIED || err.code === status.UNAUTHENTICATED;
+  return new DaemonError(err.code, get("tsdm-errno") ?? (denied ? "EACCES" : "EIO"), get("tsdm-op"), devno, err.details ?? err.message);
 }
 
 /** The gRPC client with promise-returning calls; every failure becomes a DaemonError. */

@@ -559,6 +559,10 @@ const ls: Handler = async (ctx, _args, st) => {
   }
   if (sw.tree) {
     const tree = await buildTree(ctx);
+    if (tree.nodes.length === 0) {
+      ctx.out("No devices found\n");
+      return;
+    }
     const lang = ctx.env.LC_ALL || ctx.env.LC_CTYPE || ctx.env.LANG || "";
     const stdout = ctx.io.stdout as NodeJS.WriteStream;
     const cols = stdout.isTTY && stdout.columns > 3 ? stdout.columns - 3 : 80;

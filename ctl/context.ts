@@ -90,7 +90,9 @@ export class Ctx {
       const handled = opts.onError?.(e);
       if (handled !== undefined) return handled;
       const step = e.op ?? op;
-      this.fail(ioctlErrorLine(step, opts.stepTarget?.(step, e) ?? target, e.errno));
+      const line = ioctlErrorLine(step, opts.stepTarget?.(step, e) ?? target, e.errno);
+      if (e.denied) this.fail(line, `tsdmsetup: ${e.details}`);
+      this.fail(line);
     }
   }
 
