@@ -39,4 +39,15 @@ wblk /dev/mapper/k 11
 st k-final k
 dmsetup remove k
 era_check "$DISK_kmeta" > "$OUT/k-era_check.txt" 2>&1 && echo "k era_check rc=0" || echo "k era_check rc=$?"
+
+# (c) the same short sequence as compare.mts runs in tsdm, for a block-by-block comparison of the images
+N=$(blockdev --getsz "$DISK_corig")
+dmsetup create c --table "0 $N era $DISK_cmeta $DISK_corig $BS"
+wblk /dev/mapper/c 3; wblk /dev/mapper/c 7
+dmsetup message c 0 checkpoint
+wblk /dev/mapper/c 1000
+dmsetup message c 0 take_metadata_snap
+dmsetup message c 0 drop_metadata_snap
+st c-final c
+dmsetup remove c
 echo done
