@@ -19,7 +19,8 @@ import {
 } from "./format.js";
 import { mangleString, newNameForKernel, newUuidForKernel, nameForKernel, unmangleString, uuidForKernel, DM_NAME_LEN, DM_UUID_LEN } from "./mangle.js";
 import { atoi } from "./options.js";
-import type { Report, ReportObject } from "./report.js";
+import type { FieldNeed, Report, ReportObject } from "./report.js";
+import type { Selection } from "./select.js";
 import { checkTypeNames, escapeParamsForKernel, parseTableText, TableParseError, type TableLineText } from "./table-text.js";
 import { drawTree, parseTreeOptions, treeRoots, TreeOptionError, type TreeNode } from "./tree.js";
 import { usageText } from "./usage.js";
@@ -30,6 +31,8 @@ export type DevNameType = "devno" | "blkdevname" | "devname";
 /** Per-run state a handler may need beyond the context. */
 export interface RunState {
   report?: Report;
+  /** -S: only rows passing it are reported (or, for other commands, acted on). */
+  selection?: Selection;
   devNameType: DevNameType;
   /** Whether this command runs over several devices (prefix `name: ` on table/status/deps lines). */
   multiple: boolean;
@@ -404,9 +407,8 @@ async function buildTree(ctx: Ctx): Promise<{ nodes: TreeNode[]; byName: Map<str
   return { nodes, byName };
 }
 
-async function reportRow(ctx: Ctx, st: RunState, d: DeviceInfo): Promise<void> {
-  const report = st.report!;
-  const needs = report.needs();
+/** The report's view of one device, with deps and tree data fetched when `needs` asks for them. */
+async function reportObject(ctx: Ctx, needs: Set<FieldNeed>, d: DeviceInfo): Promise<ReportObject> {
   const v = ctx.view(d);
   const mangled = (s: string, what: string, len: number): string => {
     try {
@@ -444,7 +446,30 @@ async function reportRow(ctx: Ctx, st: RunState, d: DeviceInfo): Promise<void> {
     o.usesNames = (n?.uses ?? []).filter((c) => c.name).map((c) => c.name);
     o.usedBy = (n?.usedBy ?? []).map((p) => ({ name: p.name, major: p.major, minor: p.minor }));
   }
-  report.addRow(o);
+  return o;
+}
+
+async function reportRow(ctx: Ctx, st: RunState, d: DeviceInfo): Promise<void> {
+  const report = st.report!;
+  const needs = new Set([...report.needs(), ...(st.selection?.needs ?? [])]);
+  const o = await reportObject(ctx, needs, d);
+  if (!st.selection || st.selection.test(o)) report.addRow(o);
+}
+
+/**
+ * -S with a device command (remove, suspend, table, ...): dmsetup runs `info` over the devices and the
+ * command on each selected one, in multi-device form.
+ */
+export async function runSelected(ctx: Ctx, args: string[], st: RunState, handler: Handler): Promise<void> {
+  const selection = st.selection!;
+  const visit = async (d: DeviceInfo): Promise<void> => {
+    const o = await reportObject(ctx, selection.needs, d);
+    if (selection.test(o)) await handler(ctx, [ctx.displayName(d.name)], { ...st, multiple: true });
+  };
+  if (args.length === 0 && !ctx.deviceBySwitch) return forAll(ctx, false, visit);
+  const dev = await ctx.device(args[0]);
+  const res = await ctx.rpc("info", dev.target, (api) => api.getInfo({ device: dev.ref, inactive: ctx.sw.inactive }), { onError: notExists(ctx) });
+  await visit(res.device!);
 }
 
 async function displayInfo(ctx: Ctx, st: RunState, d: DeviceInfo): Promise<void> {

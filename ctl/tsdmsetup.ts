@@ -8,11 +8,12 @@
  */
 import path from "node:path";
 import { EndpointError, resolveEndpoint } from "./client.js";
-import { HANDLERS, type DevNameType, type RunState } from "./commands.js";
+import { HANDLERS, runSelected, type DevNameType, type RunState } from "./commands.js";
 import { Ctx, Failed, type Io } from "./context.js";
 import { manglingMode } from "./mangle.js";
 import { CommandLineError, parseCommandLine } from "./options.js";
 import { Report, ReportSetupError, fieldListing } from "./report.js";
+import { parseSelection, SelectionError } from "./select.js";
 import { parseTreeOptions, TreeOptionError } from "./tree.js";
 import { findCommand, usageText } from "./usage.js";
 
@@ -171,12 +172,18 @@ export async function main(argv: string[], io: MainIo): Promise<number> {
   }
 
   const st: RunState = { devNameType, multiple: false };
-  if (sw.select !== undefined && spec.repeatable === 2) {
-    errln("tsdmsetup: -S/--select is not supported yet.");
-    errln("Command failed.");
-    return 1;
+  // -S on a device command runs `info -c` with the selection first, then the command per selected device.
+  const selectionCommand = sw.select !== undefined && spec.repeatable === 2;
+  if (sw.select !== undefined && (sw.columns || selectionCommand)) {
+    try {
+      st.selection = parseSelection(sw.select);
+    } catch (e) {
+      if (!(e instanceof SelectionError)) throw e;
+      errln(e.message);
+      return forcedZero ? 0 : 1;
+    }
   }
-  if (sw.columns) {
+  if (sw.columns && !selectionCommand) {
     try {
       st.report = Report.create({
         fields: sw.options,
@@ -203,7 +210,8 @@ export async function main(argv: string[], io: MainIo): Promise<number> {
     const rounds = spec.repeatable && args.length > 1 ? args.length : 1;
     for (let i = 0; i < rounds; i++) {
       try {
-        await handler(ctx, args.slice(i), st);
+        if (selectionCommand) await runSelected(ctx, args.slice(i), st, handler);
+        else await handler(ctx, args.slice(i), st);
       } catch (e) {
         if (!(e instanceof Failed)) {
           errln(`${prog}: internal error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);

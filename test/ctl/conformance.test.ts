@@ -546,6 +546,29 @@ describe("rename, message, wait, selection, misc (items 32-37)", () => {
     expect(v.stdout).toBe("Library version:   1.02.185 (2022-05-18)\n");
   });
 
+  it("-S selects rows for info -c and devices for other commands", async () => {
+    await ok(["create", "sel-a", "--table", "0 8 zero"]);
+    await ok(["create", "sel-b", "--table", "0 8 zero\n8 8 error"]);
+    await ok(["create", "other", "--table", "0 8 zero"]);
+    await ok(
+      ["info", "-c", "--noheadings", "--separator", ";", "--nameprefixes", "--unquoted", "-o", "name,open", "--sort", "open,name", "-S", "name=~sel"],
+      "DM_NAME=sel-a;DM_OPEN=0\nDM_NAME=sel-b;DM_OPEN=0\n",
+    );
+    await ok(["table", "-S", "segments>1"], "sel-b: 0 8 zero \nsel-b: 8 8 error \n");
+    await ok(["remove", "-S", "name=~^sel-"]);
+    await ok(["ls"], "other\t(253:2)\n");
+    const bad = await ts(["info", "-c", "-S", "bogus=1"]);
+    expect(bad).toEqual({ code: 1, stdout: "", stderr: "Unrecognised selection field: bogus\n" });
+  });
+
+  it("-v prints the info block with create and before table lines", async () => {
+    const block = (name: string, minor: number) =>
+      `Name:              ${name}\nState:             ACTIVE\nRead Ahead:        256\nTables present:    LIVE\nOpen count:        0\n` +
+      `Event number:      0\nMajor, minor:      253, ${minor}\nNumber of targets: 1\n\n`;
+    await ok(["-v", "create", "v1", "--table", "0 8 zero"], block("v1", 0));
+    await ok(["table", "-v", "v1"], `${block("v1", 0)}0 8 zero \n`);
+  });
+
   it("nbd-uri names the export", async () => {
     await ok(["create", "nbd1", "--table", "0 8 zero"]);
     await ok(["nbd-uri", "nbd1"], `${d.nbdUri("nbd1")}\n`);
