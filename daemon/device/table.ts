@@ -183,6 +183,11 @@ export class Table {
     return this.entries.map((e) => ({ start: e.start, length: e.length, type: e.type.name, params: e.target.status(type, opts) }));
   }
 
+  /** The constructed targets and where they sit (for features that ask a target directly, e.g. NBD meta contexts). */
+  targets(): ReadonlyArray<{ readonly start: Sector; readonly length: Sector; readonly type: string; readonly target: Target }> {
+    return this.entries.map((e) => ({ start: e.start, length: e.length, type: e.type.name, target: e.target }));
+  }
+
   /** Route a message to the target covering `sector` (dm's target_message). */
   async message(sector: Sector, argv: string[]): Promise<string | void> {
     if (sector >= this.size) throw new DmError("EINVAL", `Target message sector outside device.`);

@@ -112,8 +112,12 @@ export class EraMetadata {
     return md;
   }
 
+  /** Commits made through this object (a cheap "has anything changed" for caches). */
+  commitCount = 0;
+
   /** metadata_commit: space map, dirty blocks, FLUSH, superblock, FLUSH. */
   async commit(): Promise<void> {
+    this.commitCount++;
     await this.tm.commit((smRootBytes) => {
       const image = encodeSuperblock({
         smRootBytes,

@@ -266,16 +266,31 @@ export class EraTarget implements Target {
     return this.md.currentEra;
   }
 
+  private erasCache: { md: EraMetadata; commit: number; eras: Promise<Uint32Array> } | undefined;
+
+  /**
+   * The era in which each origin block was last written (0 = never), including the current era as of the last
+   * commit. Cached until the next commit; read in the worker, so it is one consistent state.
+   */
+  erasSnapshot(): Promise<Uint32Array> {
+    const c = this.erasCache;
+    if (c && c.md === this.md && c.commit === this.md.commitCount) return c.eras;
+    const eras = this.serial(() => this.md.logicalEras(true));
+    this.erasCache = { md: this.md, commit: this.md.commitCount, eras };
+    eras.catch(() => (this.erasCache = undefined));
+    return eras;
+  }
+
   /**
    * Origin extents written in era `since` or later, including the current era (as of the last commit), merged
    * into runs, in ascending order. Serialised with the worker, so it sees one consistent state.
    */
   async *changedBlocksSince(since: number): AsyncIterable<ChangedExtent> {
-    const eras = await this.serial(() => this.md.logicalEras(true));
+    const eras = await this.erasSnapshot();
     const bs = this.blockSize;
     let runStart = -1;
     for (let b = 0; b <= eras.length; b++) {
-      const hit = b < eras.length && eras[b]! >= since && (eras[b]! !== 0 || since === 0);
+      const hit = b < eras.length && eras[b]! >= since;
       if (hit && runStart < 0) runStart = b;
       if (!hit && runStart >= 0) {
         yield { startSector: (runStart * bs) as Sector, lengthSectors: ((b - runStart) * bs) as Sector };
