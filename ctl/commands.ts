@@ -432,7 +432,7 @@ async function reportObject(ctx: Ctx, needs: Set<FieldNeed>, d: DeviceInfo): Pro
     inactiveTable: d.inactiveTable,
     suspended: d.suspended,
     readOnly: d.readOnly,
-    openCount: d.openCount,
+    openCount: v.openCount ?? -1,
     targetCount: v.targetCount,
     eventNr: d.eventNr,
   };
@@ -642,6 +642,40 @@ const nbdUri: Handler = async (ctx, args) => {
   ctx.out(`${res.uri}\n`);
 };
 
+/**
+ * mangle: rename devices whose names are not in the form the mangling mode wants (dmsetup runs it with
+ * name mangling off for its own lookups, so operands and list names are taken as stored).
+ */
+const mangle: Handler = async (ctx, args) => {
+  const target = ctx.sw.manglename ?? "auto";
+  const one = async (name: string, dev: ResolvedDevice): Promise<void> => {
+    const res = await ctx.rpc("status", dev.target, (api) => api.getInfo({ device: dev.ref, inactive: false }), { onError: notExists(ctx) });
+    const uuid = res.device!.uuid;
+    if (target === "auto") {
+      if (name.includes("\\x5cx")) ctx.fail(`The name "${name}" seems to be mangled more than once. Manual intervention required to rename the device.`);
+      if (uuid.includes("\\x5cx")) ctx.fail(`The UUID "${uuid}" seems to be mangled more than once. Manual intervention required to correct the device UUID.`);
+    }
+    const convert = (s: string, what: string, len: number): string =>
+      target === "none" ? unmangleString(s, what, "none").value : ctx.check(() => mangleString(s, what, len, "auto"));
+    const newName = convert(res.device!.name, "name", DM_NAME_LEN);
+    const newUuid = uuid ? convert(uuid, "UUID", DM_UUID_LEN) : "";
+    if (uuid !== newUuid) ctx.fail(`${name}: ${uuid}: UUID in incorrect form. `, "Unable to change device UUID. The device must be deactivated first.");
+    if (res.device!.name === newName) {
+      ctx.out(`${name}: ${uuid || "[no UUID]"}: name ${uuid ? "and UUID " : ""}already in correct form\n`);
+      return;
+    }
+    ctx.out(`${name}: renaming to ${newName}\n`);
+    const value = ctx.check(() => newNameForKernel(newName, "none"));
+    await ctx.rpc("rename", dev.target, (api) => api.renameDevice({ device: dev.ref, change: { $case: "newName", value } }));
+  };
+  if (args.length === 0 && !ctx.deviceBySwitch) {
+    await forAll(ctx, false, (d) => one(d.name, { ref: { by: { $case: "name", value: d.name } }, target: { name: d.name } }));
+    return;
+  }
+  const dev = await ctx.device(args[0]);
+  await one(args[0] ?? dev.target.name, dev);
+};
+
 const unsupported =
   (what: string): Handler =>
   async (ctx) =>
@@ -669,7 +703,7 @@ export const HANDLERS: Record<string, Handler> = {
   table: tableOrStatus("table"),
   wait,
   mknodes,
-  mangle: unsupported("mangle"),
+  mangle,
   udevcreatecookie: unsupported("udev synchronisation"),
   udevreleasecookie: unsupported("udev synchronisation"),
   udevflags: unsupported("udev synchronisation"),

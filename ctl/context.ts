@@ -134,7 +134,7 @@ export class Ctx {
       readOnly: d.readOnly,
       liveTable: d.liveTable,
       inactiveTable: d.inactiveTable,
-      openCount: d.openCount,
+      openCount: this.sw.noopencount ? undefined : d.openCount,
       eventNr: d.eventNr,
       targetCount: inactive ? d.inactiveTargetCount : d.targetCount,
       deferredRemove: d.deferredRemove,

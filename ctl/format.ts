@@ -13,7 +13,8 @@ export interface DeviceView {
   readOnly: boolean;
   liveTable: boolean;
   inactiveTable: boolean;
-  openCount: number;
+  /** undefined with --noopencount (the kernel then does not count; the line is omitted). */
+  openCount?: number;
   eventNr: number;
   targetCount: number;
   deferredRemove: boolean;
@@ -30,7 +31,7 @@ export function formatInfoBlock(d: DeviceView): string {
   s += `State:             ${state}\n`;
   if (d.readAhead !== undefined) s += `Read Ahead:        ${d.readAhead}\n`;
   s += `Tables present:    ${tables}\n`;
-  s += `Open count:        ${d.openCount}\n`;
+  if (d.openCount !== undefined) s += `Open count:        ${d.openCount}\n`;
   s += `Event number:      ${d.eventNr}\n`;
   s += `Major, minor:      ${d.major}, ${d.minor}\n`;
   s += `Number of targets: ${d.targetCount}\n`;

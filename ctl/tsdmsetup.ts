@@ -201,7 +201,9 @@ export async function main(argv: string[], io: MainIo): Promise<number> {
     }
   }
 
-  const ctx = new Ctx(sw, io, env, endpoint, manglingMode(sw.manglename, env), devDir);
+  // `mangle` looks devices up by their stored names (dmsetup switches name mangling off for it).
+  const mode = spec.name === "mangle" ? "none" : manglingMode(sw.manglename, env);
+  const ctx = new Ctx(sw, io, env, endpoint, mode, devDir);
   const bySwitch = sw.uuid !== undefined || sw.major !== undefined;
   st.multiple = spec.repeatable !== 0 && args.length !== 1 && (args.length > 0 || !bySwitch);
 

@@ -238,6 +238,18 @@ describe("name mangling (item 14)", () => {
   });
 });
 
+describe("mangle command (name-mangling.sh)", () => {
+  it("renames raw names into mangled form and back", async () => {
+    await ok(["--manglename", "none", "create", "m b", "--notable"]);
+    await ok(["create", "plain", "-u", "U-plain", "--notable"]);
+    await ok(["mangle"], "m b: renaming to m\\x20b\nplain: U-plain: name and UUID already in correct form\n");
+    await ok(["--manglename", "none", "ls"], "m\\x20b\t(253:0)\nplain\t(253:1)\n");
+    await ok(["mangle", "m\\x20b"], "m\\x20b: [no UUID]: name already in correct form\n");
+    await ok(["--manglename", "none", "mangle", "m\\x20b"], "m\\x20b: renaming to m b\n");
+    await ok(["--manglename", "none", "ls"], "m b\t(253:0)\nplain\t(253:1)\n");
+  });
+});
+
 describe("slots and state (items 15-17)", () => {
   it("load, table --inactive, resume swaps, clear drops (item 15)", async () => {
     await ok(["create", "s15", "--table", "0 8 zero"]);
@@ -288,6 +300,13 @@ describe("info (items 18-20)", () => {
       "Event number:      0\nMajor, minor:      253, 0\nNumber of targets: 1\nUUID: TEST-i18b\n\n";
     await ok(["info", "i18a"], a);
     await ok(["info"], a + b);
+  });
+
+  it("--noopencount drops the open count", async () => {
+    await ok(["create", "oc", "--table", "0 8 zero"]);
+    const r = await ts(["info", "--noopencount", "oc"]);
+    expect(r.stdout).not.toContain("Open count");
+    await ok(["info", "-c", "--noheadings", "--noopencount", "-o", "open", "oc"], "-1\n");
   });
 
   it("missing devices stop the list (item 19)", async () => {
