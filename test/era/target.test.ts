@@ -352,3 +352,50 @@ describe("era metadata device full", () => {
     await expectRefCountsClean(meta);
   });
 });
+
+describe("era metadata and origin sizes", () => {
+  it("a metadata device too small to format is refused and left untouched", async () => {
+    const origin = makeFile(tmp.dir, "origin", 1 << 20);
+    for (const [bytes, text] of [
+      [2048, /metadata device too small/],
+      [4 * 4096, /metadata device full \(4 blocks/],
+    ] as const) {
+      const meta = makeFile(tmp.dir, `meta${bytes}`, bytes);
+      const dev = reg.create({ name: `e${bytes}` });
+      const err = await dev.load([{ start: S(0), length: S(2048), type: "era", params: `${meta} ${origin} 8` }], false).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(DmError);
+      expect((err as DmError).message).toMatch(text);
+      expect(fs.readFileSync(meta).every((b) => b === 0)).toBe(true);
+    }
+  });
+
+  it("growing and shrinking the table resizes the era array; the tools follow", async () => {
+    const meta = makeFile(tmp.dir, "meta", 2 << 20);
+    const origin = makeFile(tmp.dir, "origin", 4 << 20);
+    const dev = await createEra(reg, "e", meta, origin, 2048, 8); // 256 blocks
+    await dev.submit(writeBio(8 * 200, 8));
+    const reload = async (sectors: number) => {
+      await dev.load([{ start: S(0), length: S(sectors), type: "era", params: `${meta} ${origin} 8` }], false);
+      await dev.resume({ noflush: false });
+    };
+    await reload(8192); // 1024 blocks
+    await dev.submit(writeBio(8 * 1000, 8));
+    await dev.suspend({ noflush: false });
+    expect((await run("era_dump", [meta])).stdout).toMatch(/nr_blocks="1024"/);
+    expect(await invalidateSince(meta, 1)).toEqual([200, 1000]);
+    await expectEraCheckClean(meta);
+    await expectRefCountsClean(meta);
+    await dev.resume({ noflush: false });
+    const t = eraTargetOf(dev);
+    for (let i = 0; i < 400 && t.metadata.archivedWritesets; i++) await new Promise((r) => setTimeout(r, 5));
+    expect(t.metadata.archivedWritesets).toBe(false); // digested: block 1000's era now lives in the era array
+    await reload(8 * 300 + 4); // 301 blocks, the last one partial
+    await dev.submit(writeBio(8 * 300, 4));
+    await dev.suspend({ noflush: false });
+    expect((await run("era_dump", [meta])).stdout).toMatch(/nr_blocks="301"/);
+    // The shrink dropped the era array's tail, and with it block 1000 (as the kernel's array_resize does).
+    expect(await invalidateSince(meta, 1)).toEqual([200, 300]);
+    await expectEraCheckClean(meta);
+    await expectRefCountsClean(meta);
+  });
+});
