@@ -399,7 +399,7 @@ async function buildTree(ctx: Ctx): Promise<{ nodes: TreeNode[]; byName: Map<str
       throw e;
     }
     for (const dep of deps.deps) {
-      const child = nodeFor(dep.major, dep.minor, "", dep.name.slice(dep.name.lastIndexOf("/") + 1));
+      const child = nodeFor(dep.major, dep.minor, "", dep.name);
       if (!n.uses.includes(child)) n.uses.push(child);
       if (!child.usedBy.includes(n)) child.usedBy.push(n);
     }
@@ -438,7 +438,7 @@ async function reportObject(ctx: Ctx, needs: Set<FieldNeed>, d: DeviceInfo): Pro
   };
   if (needs.has("deps")) {
     const deps = await depsOf(ctx, d);
-    o.deps = deps.deps.map((x) => ({ major: x.major, minor: x.minor, blkdevname: x.name.slice(x.name.lastIndexOf("/") + 1) }));
+    o.deps = deps.deps.map((x) => ({ major: x.major, minor: x.minor, blkdevname: x.name }));
   }
   if (needs.has("tree")) {
     const tree = await buildTree(ctx);
@@ -543,7 +543,8 @@ const deps: Handler = async (ctx, args, st) => {
     const items = res.deps.map((x) => {
       if (st.devNameType === "devno") return { major: x.major, minor: x.minor };
       if (st.devNameType === "devname" && x.dmName) return ctx.displayName(x.dmName);
-      return x.name.slice(x.name.lastIndexOf("/") + 1) || { major: x.major, minor: x.minor };
+      // the kernel name (loop0, dm-1); a file-backed device has none, the daemon names its path instead
+      return x.name || { major: x.major, minor: x.minor };
     });
     text += formatDepsLine(items, st.multiple && !ctx.sw.verbose ? `${label}: ` : "");
     if (st.multiple && ctx.sw.verbose) text += "\n";

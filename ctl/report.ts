@@ -292,8 +292,15 @@ export class Report {
     return this.rows.length === 0;
   }
 
-  /** The whole report text (empty when there are no rows). */
+  /** The whole report text (empty when there are no rows); the rows are consumed, as with libdm. */
   output(): string {
+    const text = this.render();
+    this.rows.length = 0;
+    for (const c of this.columns) c.width = c.def.width;
+    return text;
+  }
+
+  private render(): string {
     if (this.rows.length === 0) return "";
     const sortCols = this.columns.filter((c) => c.sortPos !== undefined).sort((a, b) => a.sortPos! - b.sortPos!);
     const rows = this.rows.map((o) => ({ o, values: this.columns.map((c) => c.def.value(o)) }));

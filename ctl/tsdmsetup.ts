@@ -207,24 +207,41 @@ export async function main(argv: string[], io: MainIo): Promise<number> {
   const bySwitch = sw.uuid !== undefined || sw.major !== undefined;
   st.multiple = spec.repeatable !== 0 && args.length !== 1 && (args.length > 0 || !bySwitch);
 
+  // --count/--interval repeat the command (reports: a blank line and the interval between rounds).
+  let repeat = 1;
+  if (sw.count) repeat = sw.count;
+  else if (sw.count !== undefined || sw.interval !== undefined) repeat = Infinity;
+  const intervalMs = (sw.interval ?? 1) * 1000;
+
   let ret = 0;
   try {
-    const rounds = spec.repeatable && args.length > 1 ? args.length : 1;
-    for (let i = 0; i < rounds; i++) {
-      try {
-        if (selectionCommand) await runSelected(ctx, args.slice(i), st, handler);
-        else await handler(ctx, args.slice(i), st);
-      } catch (e) {
-        if (!(e instanceof Failed)) {
-          errln(`${prog}: internal error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
+    for (let round = 0; round < repeat && ret === 0; round++) {
+      const perDevice = spec.repeatable && args.length > 1 ? args.length : 1;
+      for (let i = 0; i < perDevice; i++) {
+        try {
+          if (selectionCommand) await runSelected(ctx, args.slice(i), st, handler);
+          else await handler(ctx, args.slice(i), st);
+        } catch (e) {
+          if (!(e instanceof Failed)) {
+            errln(`${prog}: internal error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
+          }
+          errln("Command failed.");
+          ret = 1;
+          break;
         }
-        errln("Command failed.");
-        ret = 1;
-        break;
+      }
+      if (ctx.conciseProduced) {
+        ctx.out("\n");
+        ctx.conciseProduced = false;
+      }
+      if (st.report) {
+        ctx.out(st.report.output());
+        if (repeat > 1 && round + 1 < repeat && ret === 0) {
+          ctx.out("\n");
+          await new Promise((r) => setTimeout(r, intervalMs));
+        }
       }
     }
-    if (ctx.conciseProduced) ctx.out("\n");
-    if (st.report) ctx.out(st.report.output());
   } finally {
     ctx.close();
   }

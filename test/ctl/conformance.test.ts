@@ -302,6 +302,12 @@ describe("info (items 18-20)", () => {
     await ok(["info"], a + b);
   });
 
+  it("--count repeats a report with a blank line between rounds", async () => {
+    await ok(["create", "cnt", "--table", "0 8 zero"]);
+    await ok(["info", "-c", "--noheadings", "-o", "name", "--count", "2", "--interval", "1", "cnt"], "cnt\n\ncnt\n");
+    await ok(["info", "-c", "-o", "name", "--count", "2", "--interval", "1", "cnt"], `Name            \ncnt             \n\nName            \ncnt             \n`);
+  });
+
   it("--noopencount drops the open count", async () => {
     await ok(["create", "oc", "--table", "0 8 zero"]);
     const r = await ts(["info", "--noopencount", "oc"]);
