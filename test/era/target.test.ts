@@ -399,3 +399,24 @@ describe("era metadata and origin sizes", () => {
     await expectRefCountsClean(meta);
   });
 });
+
+describe("era counter limit", () => {
+  it("the era never wraps past 0xFFFFFFFF: checkpoint and resume are refused, nothing changes", async () => {
+    const xml = path.join(tmp.dir, "max.xml");
+    fs.writeFileSync(xml, `<superblock uuid="" block_size="8" nr_blocks="16" current_era="4294967294">\n  <era_array>\n    <era block="3" era="4294967294"/>\n  </era_array>\n</superblock>\n`);
+    const meta = makeFile(tmp.dir, "meta", 1 << 20);
+    expect((await run("era_restore", ["-i", xml, "-o", meta])).code).toBe(0);
+    const origin = makeFile(tmp.dir, "origin", 16 * 4096);
+    const dev = await createEra(reg, "e", meta, origin, 128, 8);
+    expect(eraOf(dev)).toBe(0xffffffff);
+    await dev.submit(writeBio(8 * 5, 8));
+    await expectDmError(dev.message(S(0), ["checkpoint"]), "EOVERFLOW", /refusing to wrap/);
+    await expectDmError(dev.message(S(0), ["take_metadata_snap"]), "EOVERFLOW", /refusing to wrap/);
+    expect(statusOf(dev)).toMatch(/ 4294967295 -$/);
+    await dev.suspend({ noflush: false });
+    await expectDmError(dev.resume({ noflush: false }), "EOVERFLOW", /refusing to wrap/);
+    expect(await invalidateSince(meta, 4294967295)).toEqual([5]);
+    await expectEraCheckClean(meta);
+    await expectRefCountsClean(meta);
+  });
+});
