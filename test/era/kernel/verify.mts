@@ -8,7 +8,7 @@ import path from "node:path";
 import { FileMetaIo } from "../../../daemon/targets/era/pdata/block.js";
 import { checkReferenceCounts } from "../../../daemon/targets/era/inspect.js";
 import { makeRegistry } from "../../helpers/registry.js";
-import { createEra, invalidateSince, run, S, statusOf, writeBio } from "../helpers.js";
+import { createEra, invalidateSince, parseBlocks, run, S, statusOf, tsdm, writeBio } from "../helpers.js";
 
 const dir = process.argv[2]!;
 let failed = false;
@@ -37,6 +37,16 @@ for (const b of [1, 2, 40, 300, 500, 501, 600, 601, 602]) report(`tsdm->kernel: 
 // (b) the kernel's metadata, checked as it is, then used by tsdm.
 const kmeta = path.join(dir, "kmeta.img");
 await eraCheck(kmeta, "kernel");
+for (const args of [[], ["--logical"]]) {
+  const [ours, theirs] = await Promise.all([tsdm(["era", "dump", ...args, kmeta]), run("era_dump", [...args, kmeta])]);
+  report(`kernel: tsdm era dump ${args.join(" ")} equals era_dump`, ours.code === 0 && ours.stdout === theirs.stdout);
+}
+for (const n of ["1", "5", "20"]) {
+  const [ours, theirs] = await Promise.all([tsdm(["era", "invalidate", "--written-since", n, kmeta]), run("era_invalidate", ["--written-since", n, kmeta])]);
+  report(`kernel: tsdm era invalidate --written-since ${n} equals era_invalidate`, ours.code === 0 && ours.stdout === theirs.stdout);
+}
+const snapOurs = await tsdm(["era", "invalidate", "--metadata-snapshot", "--written-since", "1", kmeta]);
+report("kernel: tsdm era invalidate --metadata-snapshot reads the kernel's snapshot", snapOurs.code === 0 && !parseBlocks(snapOurs.stdout).includes(11), `${parseBlocks(snapOurs.stdout).length} blocks`);
 await refcounts(kmeta, "kernel (our checker agrees with the kernel's counts)");
 const korig = path.join(dir, "korig.img");
 const reg = makeRegistry();
