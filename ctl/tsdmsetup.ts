@@ -8,7 +8,7 @@
  */
 import path from "node:path";
 import { EndpointError, resolveEndpoint } from "./client.js";
-import { HANDLERS, runSelected, type DevNameType, type RunState } from "./commands.js";
+import { HANDLERS, runSelected, type DevNameType, type RunState } from "./commands/index.js";
 import { Ctx, Failed, type Io } from "./context.js";
 import { manglingMode } from "./mangle.js";
 import { CommandLineError, parseCommandLine } from "./options.js";
