@@ -1,13 +1,15 @@
 /**
  * Reusable reply and payload buffers. A fresh 1 MiB Buffer is a new mapping whose pages fault in on first
  * touch and are unmapped again by the GC; on the 1 MiB READ/WRITE path that costs more CPU than the copy
- * itself. Buffers come in power-of-two classes and go back to the pool once the socket has written them (or
- * the bio that used them has completed). The event loop is single-threaded, so no locking.
+ * itself. Buffers come in power-of-two classes plus HEADROOM bytes (so that a reply header in front of a
+ * power-of-two payload stays in the payload's class) and go back to the pool once the socket has written them
+ * (or the bio that used them has completed). The event loop is single-threaded, so no locking.
  */
+const HEADROOM = 64;
 const MIN_CLASS = 12; // 4 KiB
-const MAX_CLASS = 26; // 64 MiB: above the largest payload plus header
+const MAX_CLASS = 25; // 32 MiB: the largest payload
 /** Bytes kept per class; beyond that, returned buffers are left to the GC. */
-const KEEP_BYTES_PER_CLASS = 32 << 20;
+const KEEP_BYTES_PER_CLASS = 48 << 20;
 const KEEP_MAX_PER_CLASS = 512;
 
 export class BufferPool {
@@ -21,21 +23,22 @@ export class BufferPool {
   get(size: number): Buffer {
     const c = classOf(size);
     if (c > MAX_CLASS) return Buffer.allocUnsafeSlow(size);
-    return this.free[c]!.pop() ?? Buffer.allocUnsafeSlow(1 << c);
+    return this.free[c]!.pop() ?? Buffer.allocUnsafeSlow((1 << c) + HEADROOM);
   }
 
   /** Give back a buffer obtained from get() (the whole buffer, not a slice of it). */
   put(b: Buffer): void {
     const c = classOf(b.length);
-    if (c > MAX_CLASS || b.length !== 1 << c) return;
+    if (c > MAX_CLASS || b.length !== (1 << c) + HEADROOM) return;
     const list = this.free[c]!;
     if (list.length < KEEP_MAX_PER_CLASS && (list.length + 1) * b.length <= KEEP_BYTES_PER_CLASS) list.push(b);
   }
 }
 
 function classOf(size: number): number {
-  if (size <= 1 << MIN_CLASS) return MIN_CLASS;
-  return 32 - Math.clz32(size - 1);
+  const payload = size - HEADROOM;
+  if (payload <= 1 << MIN_CLASS) return MIN_CLASS;
+  return 32 - Math.clz32(payload - 1);
 }
 
 /** One pool for the whole server: connections come and go, their buffers stay warm. */

@@ -209,6 +209,12 @@ export class Connection {
     const length = b.readUInt32BE(off + 24);
 
     if (type === Cmd.WRITE) return this.writeHeader(flags, cookieHi, cookieLo, offset, length);
+    if (type === Cmd.DISC) {
+      // No reply; requests already in flight still get theirs, then the server closes.
+      this.rx = RxState.Stopped;
+      this.ending = true;
+      return this.maybeFinish();
+    }
     if (this.ending) return this.replyError(type, cookieHi, cookieLo, NbdErr.ESHUTDOWN, "server is shutting down");
 
     switch (type) {
@@ -229,11 +235,6 @@ export class Connection {
       }
       case Cmd.BLOCK_STATUS:
         return void this.blockStatus(flags, cookieHi, cookieLo, offset, length);
-      case Cmd.DISC:
-        this.rx = RxState.Stopped;
-        this.ending = true;
-        this.maybeFinish();
-        return;
       default:
         return this.replyError(type, cookieHi, cookieLo, NbdErr.EINVAL, `unknown command ${type}`);
     }
