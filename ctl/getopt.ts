@@ -34,7 +34,14 @@ export interface GetoptResult {
  * Parse `argv` (without the program name) with a getopt short-option string ("ab:c") and a long-option
  * table. Parsing stops at the first error, as dmsetup does (it returns on the first '?').
  */
-export function getoptLong(prog: string, argv: readonly string[], shortopts: string, longopts: readonly LongOption[]): GetoptResult {
+export function getoptLong(
+  prog: string,
+  argv: readonly string[],
+  shortopts: string,
+  longopts: readonly LongOption[],
+  /** POSIXLY_CORRECT: the first operand ends the options (no permutation). */
+  posix = false,
+): GetoptResult {
   const shortArg = parseShortSpec(shortopts);
   const options: ParsedOption[] = [];
   const operands: string[] = [];
@@ -83,6 +90,10 @@ export function getoptLong(prog: string, argv: readonly string[], shortopts: str
         break;
       }
       continue;
+    }
+    if (posix) {
+      operands.push(...argv.slice(i));
+      break;
     }
     operands.push(a);
   }

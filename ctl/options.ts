@@ -212,8 +212,8 @@ function parseMode(s: string): number | undefined {
  * dmsetup's _process_switches(): getopt, then per-option value checks, then the cross-option checks.
  * Throws CommandLineError with the exact diagnostic lines.
  */
-export function parseCommandLine(prog: string, argv: readonly string[]): ParsedCommandLine {
-  const r = getoptLong(prog, argv, SHORT_OPTIONS, LONG_OPTIONS);
+export function parseCommandLine(prog: string, argv: readonly string[], env: NodeJS.ProcessEnv = {}): ParsedCommandLine {
+  const r = getoptLong(prog, argv, SHORT_OPTIONS, LONG_OPTIONS, env.POSIXLY_CORRECT !== undefined);
   const sw = emptySwitches();
   const fail = (line: string): never => {
     throw new CommandLineError([line], sw.help);

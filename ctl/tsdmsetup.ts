@@ -99,7 +99,7 @@ export async function main(argv: string[], io: MainIo): Promise<number> {
 
   let parsed;
   try {
-    parsed = parseCommandLine(prog, conn.rest);
+    parsed = parseCommandLine(prog, conn.rest, env);
   } catch (e) {
     if (!(e instanceof CommandLineError)) throw e;
     for (const l of e.lines) errln(l);

@@ -57,6 +57,12 @@ describe("getopt_long emulation", () => {
     );
   });
 
+  it("POSIXLY_CORRECT stops at the first operand", () => {
+    const r = getoptLong("dmsetup", ["-v", "table", "--showkeys"], SHORT_OPTIONS, LONG_OPTIONS, true);
+    expect(r.options.map((o) => o.key)).toEqual(["v"]);
+    expect(r.operands).toEqual(["table", "--showkeys"]);
+  });
+
   it("reports only the first error, keeping the options before it", () => {
     const r = parse("-v", "--bogus", "-Z");
     expect(r.options.map((o) => o.key)).toEqual(["v"]);
