@@ -51,11 +51,12 @@ export async function readTable(ctx: Ctx, file: string | undefined, tableText: s
   }
 }
 
-/** The device's kernel name as sent: for the rare case a command addressed it by uuid/devno. */
+/** With -v, the info block after a successful change (dmsetup's _display_info on the same task). */
 export const showInfo = (ctx: Ctx, d: DeviceInfo | undefined): void => {
   if (d && ctx.sw.verbose) ctx.out(formatInfoBlock(ctx.view(d)));
 };
 
+/** The kernel block device name: the node the device is attached to (loop3, nbd0, ublkb0), else dm-MINOR. */
 export function blkdevname(d: DeviceInfo): string {
   if (d.attachedBlockDevice) return d.attachedBlockDevice.slice(d.attachedBlockDevice.lastIndexOf("/") + 1);
   return `dm-${d.minor}`;
@@ -65,7 +66,10 @@ export async function listAll(ctx: Ctx): Promise<DeviceInfo[]> {
   return (await ctx.rpc("names", { name: "" }, (api) => api.listDevices({}))).devices;
 }
 
-/** dmsetup's _process_all: run `fn` over every device; "No devices found" when there are none. */
+/**
+ * dmsetup's _process_all: run `fn` over every device (a failure does not stop the others, the command
+ * fails at the end); "No devices found" when there are none.
+ */
 export async function forAll(ctx: Ctx, silent: boolean, fn: (d: DeviceInfo) => Promise<void>): Promise<void> {
   const devs = await listAll(ctx);
   if (devs.length === 0) {
