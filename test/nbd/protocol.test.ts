@@ -136,6 +136,22 @@ describe("NBD protocol handling", () => {
       c.destroy();
     });
 
+    it("contexts chosen for one export do not carry over to GO on another", async () => {
+      await fx.linear("other", 1 << 20);
+      const c = await RawClient.connect(fx.sock);
+      await c.greet();
+      c.sendOption(OPT.STRUCTURED_REPLY);
+      await c.optionReply();
+      c.sendOption(OPT.SET_META, metaRequest("other", ["base:allocation"]));
+      expect((await c.optionReplies()).filter((r) => r.type === REP.META)).toHaveLength(1);
+      await c.go("disk");
+      c.request(CMD.BLOCK_STATUS, { cookie: 1n, offset: 0, length: 4096 });
+      const ch = await c.chunk();
+      expect(ch.type).toBe(0x8001);
+      expect(ch.data.readUInt32BE(0)).toBe(E.EINVAL);
+      c.destroy();
+    });
+
     it("BLOCK_STATUS without a negotiated context is EINVAL", async () => {
       const c = await attached({ structured: true });
       c.request(CMD.BLOCK_STATUS, { cookie: 6n, offset: 0, length: 4096 });
