@@ -82,7 +82,7 @@ export function restoreCheckpoint(dev: RawDevice, opts: RestoreOptions = {}): Re
     } catch (err) {
       if (err instanceof LimitReached) return { kind: "limit", entries: walk.restored };
       const reason = err instanceof Error ? err.message : String(err);
-      if (!validating) throw new RestoreError(`restore failed (block 0 stays marked WOB; run again to resume): ${reason}`);
+      if (!validating) throw new RestoreError(`restore failed (block 0 stays marked WOB; run again to resume): ${reason}`, { cause: err });
       if (opts.dryRun) return { kind: "checked", valid: false, reason, sector0: orig.sector0 };
       opts.onPhase?.("rolling-forward", orig);
       rollForward(dev, orig);
@@ -167,7 +167,17 @@ class Walk {
     this.restored++;
     this.total = Math.max(this.total, this.restored);
     this.opts.onProgress?.(this.restored, this.total);
-    if (this.opts.limit && this.restored >= this.opts.limit) throw new LimitReached();
+    if (this.opts.limit && this.restored >= this.opts.limit) {
+      // Unlike vold (which redoes entry i on the next run), record that entry i is done, so that repeated
+      // limited runs make progress. Entry 0 needs nothing: block 0 already holds the previous sector.
+      if (i > 0) {
+        this.dev.sync();
+        ls.writeUInt32LE(i, 12);
+        this.dev.write(0, ls);
+        this.dev.sync();
+      }
+      throw new LimitReached();
+    }
   }
 
   /** Validating: each block through the relocation overlay; restoring: a plain read. */
