@@ -74,6 +74,21 @@ function parseDevNameOptions(spec: string): DevNameType | string {
 }
 
 export async function main(argv: string[], io: MainIo): Promise<number> {
+  // A reader that went away (`tsdmsetup ls | head -1`) ends the output, not the program with a stack trace.
+  const onStreamError = (e: NodeJS.ErrnoException): void => {
+    if (e.code !== "EPIPE") throw e;
+  };
+  io.stdout.on("error", onStreamError);
+  io.stderr.on("error", onStreamError);
+  try {
+    return await run(argv, io);
+  } finally {
+    io.stdout.off("error", onStreamError);
+    io.stderr.off("error", onStreamError);
+  }
+}
+
+async function run(argv: string[], io: MainIo): Promise<number> {
   const env = io.env ?? process.env;
   const prog = io.prog ?? defaultProg();
   const errln = (s: string): void => {

@@ -16,6 +16,8 @@ interface CreateParams {
   name: string;
   uuid?: string;
   minor?: number;
+  /** -j/-m given: the create request carries the device number, and its error line shows it. */
+  devno?: { major: number; minor: number };
   readOnly: boolean;
   table: () => Promise<TableLineText[] | undefined>;
 }
@@ -34,8 +36,8 @@ async function createOne(ctx: Ctx, p: CreateParams): Promise<void> {
   const res = await ctx.rpc(
     "create",
     { name, uuid },
-    (api) => api.createDevice({ name, uuid: uuid ?? "", table: toWire(table), readOnly: p.readOnly, minor: p.minor }),
-    { stepTarget: (op, e) => (op === "create" ? { name, uuid } : { name, devno: e.devno }) },
+    (api) => api.createDevice({ name, uuid: uuid ?? "", table: toWire(table), readOnly: p.readOnly, minor: p.devno?.minor ?? p.minor }),
+    { stepTarget: (op, e) => (op === "create" ? { name, uuid, devno: p.devno } : { name, devno: e.devno }) },
   );
   showInfo(ctx, res.device);
 }
@@ -73,7 +75,7 @@ export const create: Handler = async (ctx, args) => {
   await createOne(ctx, {
     name: args[0]!,
     uuid: sw.uuid,
-    minor: sw.major !== undefined ? sw.minor : undefined,
+    devno: sw.major !== undefined && sw.minor !== undefined ? { major: sw.major, minor: sw.minor } : undefined,
     readOnly: sw.readOnly,
     table: () => (sw.notable ? Promise.resolve(undefined) : readTable(ctx, args[1], sw.table)),
   });

@@ -190,6 +190,12 @@ describe("create and tables (items 6-13)", () => {
     await ok(["ls"], "No devices found\n");
   });
 
+  it("-j/-m request a minor; a taken minor is EBUSY", async () => {
+    await ok(["create", "m7", "-j", "253", "-m", "7", "--table", "0 8 zero"]);
+    await ok(["ls"], "m7\t(253:7)\n");
+    await fails(["create", "m8", "-j", "253", "-m", "7", "--notable"], ["device-mapper: create ioctl on m8 (253:7) failed: Device or resource busy", "Command failed."]);
+  });
+
   it("duplicate names and uuids (item 12)", async () => {
     await ok(["create", "d12", "-u", "U12", "--table", "0 8 zero"]);
     await fails(["create", "d12", "--table", "0 8 error"], ["device-mapper: create ioctl on d12  failed: Device or resource busy", "Command failed."]);
