@@ -16,6 +16,19 @@ export type RegistryEvent =
   | { kind: "created" | "removed" | DeviceChange; device: MappedDevice }
   | { kind: "renamed"; device: MappedDevice; oldName: string };
 
+/**
+ * Something outside the registry that holds mapped devices: the node manager, which attaches them to kernel
+ * block devices. remove() asks it whether the device is in use through it, and has it let go first.
+ */
+export interface ExternalHolder {
+  /** Opens of `dev` that are the holder's own plumbing (the NBD sessions behind an attached node). */
+  ownOpens(dev: MappedDevice): number;
+  /** Why `dev` is in use through the holder (its kernel node is mounted or open), or undefined. */
+  busyReason(dev: MappedDevice): Promise<string | undefined>;
+  /** Let go of `dev` before it is destroyed (detach its node); fails with EBUSY if it became busy. */
+  release(dev: MappedDevice): Promise<void>;
+}
+
 const NAME_MAX = 127;
 const UUID_MAX = 128;
 const MINOR_MAX = (1 << 20) - 1;
@@ -29,15 +42,18 @@ export class DeviceRegistry extends EventEmitter {
   private readonly byName = new Map<string, MappedDevice>();
   private readonly byUuid = new Map<string, MappedDevice>();
   private readonly byMinor = new Map<number, MappedDevice>();
+  /** Create fails with ENOSPC beyond this many devices (a bound on what one client can make the daemon hold). */
+  readonly maxDevices: number;
   /** Mapper node directory, for /dev/mapper/NAME device arguments. */
   readonly mapperDir: string;
 
   constructor(
     private readonly log: Logger,
-    opts: { devDir?: string } = {},
+    opts: { devDir?: string; maxDevices?: number } = {},
   ) {
     super();
     this.mapperDir = path.join(opts.devDir ?? "/dev", "mapper");
+    this.maxDevices = opts.maxDevices ?? 4096;
   }
 
   // ---- lookup ----
@@ -66,6 +82,7 @@ export class DeviceRegistry extends EventEmitter {
     const uuid = opts.uuid ?? "";
     if (uuid.length > UUID_MAX) throw new DmError("EINVAL", `uuid too long`);
     if (this.byName.has(opts.name)) throw new DmError("EBUSY", `device ${opts.name} already exists`);
+    if (this.byName.size >= this.maxDevices) throw new DmError("ENOSPC", `device limit reached (${this.maxDevices}; tsdmd --max-devices)`);
     if (uuid && this.byUuid.has(uuid)) throw new DmError("EBUSY", `uuid ${uuid} is already in use`);
     let minor = opts.minor;
     if (minor !== undefined) {
@@ -89,7 +106,9 @@ export class DeviceRegistry extends EventEmitter {
    */
   async remove(dev: MappedDevice, opts: { force?: boolean; deferred?: boolean } = {}): Promise<{ deferred: boolean }> {
     return dev.serialize(async () => {
-      if (dev.openCount > 0) {
+      const opens = this.userOpenCount(dev);
+      const busy = opens > 0 ? `is open (${opens})` : await this.externalHolder?.busyReason(dev);
+      if (busy) {
         if (opts.deferred) {
           dev.deferredRemove = true;
           return { deferred: true };
@@ -98,11 +117,24 @@ export class DeviceRegistry extends EventEmitter {
           await dev.load([{ start: 0 as Sector, length: dev.size, type: "error", params: "" }], dev.readOnly);
           await dev.resume({ noflush: true });
         }
-        throw new DmError("EBUSY", `device ${dev.name} is open (${dev.openCount})`);
+        throw new DmError("EBUSY", `device ${dev.name} ${busy}`);
       }
+      await this.externalHolder?.release(dev);
       await this.destroy(dev);
       return { deferred: false };
     });
+  }
+
+  /** The node manager, when kernel block devices are attached to mapped devices (daemon/attach). */
+  private externalHolder: ExternalHolder | undefined;
+
+  setExternalHolder(holder: ExternalHolder | undefined): void {
+    this.externalHolder = holder;
+  }
+
+  /** Opens by users (NBD clients, stacked devices), not counting the attached kernel node's own NBD sessions. */
+  userOpenCount(dev: MappedDevice): number {
+    return Math.max(0, dev.openCount - (this.externalHolder?.ownOpens(dev) ?? 0));
   }
 
   private async destroy(dev: MappedDevice): Promise<void> {
@@ -202,7 +234,7 @@ export class DeviceRegistry extends EventEmitter {
     changed: (dev, kind) => this.emitEvent({ kind, device: dev }),
     lastClose: (dev) => {
       if (dev.deferredRemove && this.byName.get(dev.name) === dev) {
-        void this.remove(dev).catch((err) => this.log.error("deferred remove failed", { device: dev.name, error: String(err) }));
+        void this.remove(dev, { deferred: true }).catch((err) => this.log.error("deferred remove failed", { device: dev.name, error: String(err) }));
       }
     },
   };
