@@ -128,17 +128,21 @@ export class BowLog {
     }
   }
 
-  /** Copy the full log sector to a reserved block and start the next sequence with it as entry 0. */
+  /**
+   * Copy the full log sector to a reserved block and start the next sequence with it as entry 0. The
+   * in-memory switch happens at once (so reservations made meanwhile see a consistent count and pool);
+   * the copy is durable before the caller writes block 0.
+   */
   private async rollover(): Promise<number> {
     const y = this.pool.shift();
     if (y === undefined) throw new Error("bow: log rollover without a reserved block");
     const copy = this.snapshot();
     const spb = this.blockSize / 512;
-    await this.dev.submit({ op: "write", sector: (y * spb) as Sector, count: spb as Sector, data: copy, fua: false });
-    await this.flusher.flush();
     this.header.count = 0;
     this.header.sequence++;
     this.add({ source: 0, dest: y * spb, size: this.blockSize, checksum: crc32Raw(0, copy) });
+    await this.dev.submit({ op: "write", sector: (y * spb) as Sector, count: spb as Sector, data: copy, fua: false });
+    await this.flusher.flush();
     return y;
   }
 
