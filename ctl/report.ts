@@ -33,6 +33,8 @@ export interface ReportObject {
   /** Mapped devices this one uses, and mapped devices using this one (the dependency tree). */
   usesNames?: string[];
   usedBy?: Array<{ name: string; major: number; minor: number }>;
+  /** `splitname`'s subsystem argument (otherwise the uuid prefix up to the first `-`). */
+  subsystem?: string;
 }
 
 interface FieldDef {
@@ -58,7 +60,7 @@ const TYPE_DESC: Record<FieldNeed, string> = {
 /** uuid prefix up to the first `-` (dmsetup's subsystem), and LVM's vg-lv-layer split of the name. */
 function splitName(o: ReportObject): { subsystem: string; vg: string; lv: string; layer: string } {
   const dash = o.uuid.indexOf("-");
-  const subsystem = dash >= 0 ? o.uuid.slice(0, dash) : "";
+  const subsystem = o.subsystem ?? (dash >= 0 ? o.uuid.slice(0, dash) : "");
   if (subsystem !== "LVM") return { subsystem, vg: "", lv: "", layer: "" };
   // dm_split_lvm_name: `-` separates, `--` is a literal dash.
   const parts: string[] = [""];
@@ -149,10 +151,13 @@ const SPECIAL: ReadonlyArray<{ id: string; desc: string }> = [
 ];
 
 export const DEFAULT_FIELDS = "name,major,minor,attr,open,segments,events,uuid";
+export const SPLITNAME_FIELDS = "vg_name,lv_name,lv_layer";
 
 export interface ReportOptions {
   /** -o value (may start with `+` to extend the defaults). */
   fields?: string;
+  /** The default field list (info's, or splitname's). */
+  defaults?: string;
   /** -O value. */
   sort?: string;
   noheadings: boolean;
@@ -235,8 +240,9 @@ export class Report {
   /** Set up the report as dm_report_init does; throws ReportSetupError (field listing on stderr). */
   static create(opts: ReportOptions): Report {
     const r = new Report(opts);
-    let spec = DEFAULT_FIELDS;
-    if (opts.fields !== undefined) spec = opts.fields.startsWith("+") ? `${DEFAULT_FIELDS},${opts.fields.slice(1)}` : opts.fields;
+    const defaults = opts.defaults ?? DEFAULT_FIELDS;
+    let spec = defaults;
+    if (opts.fields !== undefined) spec = opts.fields.startsWith("+") ? `${defaults},${opts.fields.slice(1)}` : opts.fields;
     let help = false;
     for (const word of spec.split(",")) {
       if (word === "") continue;

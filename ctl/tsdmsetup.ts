@@ -12,7 +12,7 @@ import { HANDLERS, runSelected, type DevNameType, type RunState } from "./comman
 import { Ctx, Failed, type Io } from "./context.js";
 import { manglingMode } from "./mangle.js";
 import { CommandLineError, parseCommandLine } from "./options.js";
-import { Report, ReportSetupError, fieldListing } from "./report.js";
+import { Report, ReportSetupError, fieldListing, SPLITNAME_FIELDS } from "./report.js";
 import { parseSelection, SelectionError } from "./select.js";
 import { parseTreeOptions, TreeOptionError } from "./tree.js";
 import { findCommand, usageText } from "./usage.js";
@@ -161,7 +161,7 @@ async function run(argv: string[], io: MainIo): Promise<number> {
       errln("Couldn't process command line.");
       return forcedZero ? 0 : 1;
     }
-  } else if (!sw.columns && sw.options !== undefined) {
+  } else if (!sw.columns && spec.name !== "splitname" && sw.options !== undefined) {
     const r = parseDevNameOptions(sw.options);
     if (r !== "devno" && r !== "blkdevname" && r !== "devname") {
       errln(r);
@@ -198,9 +198,11 @@ async function run(argv: string[], io: MainIo): Promise<number> {
       return forcedZero ? 0 : 1;
     }
   }
-  if (sw.columns && !selectionCommand) {
+  // splitname is always a report.
+  if ((sw.columns || spec.name === "splitname") && !selectionCommand) {
     try {
       st.report = Report.create({
+        defaults: spec.name === "splitname" ? SPLITNAME_FIELDS : undefined,
         fields: sw.options,
         sort: sw.sort,
         noheadings: sw.noheadings,

@@ -1,7 +1,7 @@
 /** The command table: dmsetup's command names to their handlers. */
 import { clear, create, load, mangle, message, mknodes, remove, removeAll, rename, resume, setgeometry, suspend, wait, wipeTable } from "./change.js";
 import type { Handler } from "./common.js";
-import { deps, help, info, ls, nbdUri, tableOrStatus, targets, targetVersion, version } from "./query.js";
+import { deps, help, info, ls, nbdUri, splitname, tableOrStatus, targets, targetVersion, version } from "./query.js";
 
 export { runSelected } from "./query.js";
 export type { DevNameType, Handler, RunState } from "./common.js";
@@ -44,7 +44,7 @@ export const HANDLERS: Record<string, Handler> = {
   targets,
   version,
   setgeometry,
-  splitname: unsupported("splitname"),
+  splitname,
   "nbd-uri": nbdUri,
 };
 

@@ -214,3 +214,27 @@ export const nbdUri: Handler = async (ctx, args) => {
   ctx.out(`${res.uri}\n`);
 };
 
+
+/** splitname: LVM's vg-lv-layer split of a name (no daemon involved). */
+export const splitname: Handler = async (_ctx, args, st) => {
+  st.report!.addRow({
+    name: args[0]!,
+    mangledName: args[0]!,
+    unmangledName: args[0]!,
+    uuid: "",
+    mangledUuid: "",
+    unmangledUuid: "",
+    readAhead: 0,
+    blkdevname: "",
+    major: 0,
+    minor: 0,
+    liveTable: false,
+    inactiveTable: false,
+    suspended: false,
+    readOnly: false,
+    openCount: 0,
+    targetCount: 0,
+    eventNr: 0,
+    subsystem: args[1] ?? "LVM",
+  });
+};

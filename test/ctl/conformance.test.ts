@@ -600,6 +600,12 @@ describe("rename, message, wait, selection, misc (items 32-37)", () => {
     await ok(["table", "-v", "v1"], `${block("v1", 0)}0 8 zero \n`);
   });
 
+  it("splitname splits LVM names (udev rules' form)", async () => {
+    await ok(["splitname", "vg-lv--x-layer"], "VG   LV   LVLayer\nvg   lv-x layer  \n");
+    await ok(["splitname", "--nameprefixes", "--noheadings", "--rows", "vg-lv"], "DM_VG_NAME='vg'\nDM_LV_NAME='lv'\nDM_LV_LAYER=''\n");
+    await ok(["splitname", "a-b", "OTHER", "--noheadings"], "::\n");
+  });
+
   it("nbd-uri names the export", async () => {
     await ok(["create", "nbd1", "--table", "0 8 zero"]);
     await ok(["nbd-uri", "nbd1"], `${d.nbdUri("nbd1")}\n`);
