@@ -470,6 +470,22 @@ describe("remove (items 28-31)", () => {
     await ok(["table", "low29"], "0 8 error \n");
   });
 
+  it("--force on a missing device fails each of dmsetup's steps", async () => {
+    await fails(["remove", "--force", "MISSING"], [
+      "device-mapper: table ioctl on MISSING  failed: No such device or address",
+      "device-mapper: reload ioctl on MISSING  failed: No such device or address",
+      "device-mapper: remove ioctl on MISSING  failed: No such device or address",
+      "Command failed.",
+    ]);
+  });
+
+  it("wipe_table turns a device into an error device of the same size", async () => {
+    await ok(["create", "w29", "--table", "0 8 zero\n8 8 zero"]);
+    await ok(["wipe_table", "w29"]);
+    await ok(["table", "w29"], "0 16 error \n");
+    await ok(["info", "-c", "--noheadings", "-o", "attr", "w29"], "L--w\n");
+  });
+
   it("--retry retries EBUSY 25 times, logging each attempt like 1.02.185 (item 29)", async () => {
     await ok(["create", "low29r", "--table", "0 8 zero"]);
     await ok(["create", "top29r", "--table", `0 8 linear ${d.devDir}/mapper/low29r 0`]);
