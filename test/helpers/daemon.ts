@@ -76,6 +76,7 @@ export interface DaemonOptions {
 /** Start a real tsdmd process on private sockets and state dir under a temp directory. */
 export async function startDaemon(opts: DaemonOptions = {}): Promise<TestDaemon> {
   const dir = opts.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), "tsdmd-test-"));
+  fs.mkdirSync(dir, { recursive: true });
   fs.chmodSync(dir, 0o755);
   const socket = path.join(dir, "tsdmd.sock");
   const nbdSocket = path.join(dir, "nbd.sock");
