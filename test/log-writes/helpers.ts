@@ -69,14 +69,20 @@ export class GatedDevice implements BlockDevice {
 }
 
 /** Construct a log-writes target directly on devices the test supplies (data device possibly gated). */
-export async function constructOn(dev: BlockDevice, logPath: string, length: number, extraArgs: string[] = []): Promise<{ target: Target; close: () => Promise<void> }> {
+export async function constructOn(
+  dev: BlockDevice,
+  logPath: string,
+  length: number,
+  extraArgs: string[] = [],
+  logDev?: BlockDevice,
+): Promise<{ target: Target; close: () => Promise<void> }> {
   const opened: BlockDevice[] = [];
   const ctx: TargetContext = {
     deviceName: "lw-test",
     readOnly: false,
     start: S(0),
     openDevice: async (spec) => {
-      const d = spec === "DATA" ? dev : FileDevice.open(spec, false);
+      const d = spec === "DATA" ? dev : (logDev ?? FileDevice.open(spec, false));
       opened.push(d);
       return d;
     },

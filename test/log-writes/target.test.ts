@@ -211,3 +211,20 @@ describe("log full (spec §2.5)", () => {
     expect(describeEntries(parsed)).toEqual(["fua0+4", "fua8+4"]);
   });
 });
+
+describe("log device errors (spec §2.5)", () => {
+  it("a failed log write disables logging; the data write still completes; the super is never written", async () => {
+    const data = makeFile(tmp.dir, "data", 1 << 20);
+    const log = makeFile(tmp.dir, "log", 1 << 20);
+    // The log file opened read-only: every log write fails with EROFS, a real I/O error from the device.
+    const { target, close } = await constructOn(FileDevice.open(data, false), log, 2048, [], FileDevice.open(log, true));
+    await target.map(write(0, fill(8, 0x42), true));
+    await until(() => target.status("info").endsWith("logging_disabled"));
+    expect(target.status("info")).toBe("1 9 logging_disabled");
+    await target.map(write(8, fill(8, 0x43), true)); // passes through unlogged
+    expect(target.status("info")).toBe("1 9 logging_disabled");
+    await close();
+    expect(fs.readFileSync(data).subarray(0, 16 * 512).equals(Buffer.concat([fill(8, 0x42), fill(8, 0x43)]))).toBe(true);
+    expect(fs.readFileSync(log).every((b) => b === 0)).toBe(true);
+  });
+});

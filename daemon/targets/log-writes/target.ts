@@ -24,6 +24,11 @@ import { END_MARK, LogFlag, encodeEntry, encodeSuper, logBlocks, markEntry, maxM
  * stable storage, and every FUA entry and mark is durable once its super is.
  */
 
+/** Log entry writes in flight at once (the logger's queue depth on the log device). */
+const MAX_INFLIGHT_WRITES = 16;
+/** Entries with at most this much payload are written with their header in one request. */
+const COALESCE_BYTES = 64 << 10;
+
 /** A write-like request on its way to the log. */
 interface PendingBlock {
   readonly header: LogEntryHeader;
@@ -64,6 +69,8 @@ export class LogWritesTarget implements Target {
   /** Blocks ready to be written to the log, in order. */
   private queue: PendingBlock[] = [];
   private logger: Promise<void> | undefined;
+  /** Entry writes submitted to the log device and not yet complete. */
+  private readonly inflightWrites = new Set<Promise<void>>();
   private readonly idleWaiters: (() => void)[] = [];
   private destroyed = false;
 
@@ -172,8 +179,13 @@ export class LogWritesTarget implements Target {
 
   private async drain(): Promise<void> {
     for (let block = this.queue.shift(); block; block = this.queue.shift()) await this.logOne(block);
+    await this.settleWrites();
   }
 
+  /**
+   * Place one entry. Entry writes are pipelined (their places are fixed when allocated, so they may land in any
+   * order) up to MAX_INFLIGHT_WRITES at a time; a super update first waits for every earlier entry.
+   */
   private async logOne(block: PendingBlock): Promise<void> {
     if (!this.loggingEnabled) return; // dropped, as the kernel frees blocks once logging is off
     const pos = this.nextSector;
@@ -183,21 +195,34 @@ export class LogWritesTarget implements Target {
       return;
     }
     this.loggedEntries++;
-    const updateSuper = (block.header.flags & (LogFlag.FUA | LogFlag.MARK)) !== 0;
-    try {
-      const header = encodeEntry(block.header, this.sectorSize);
-      const writes = [this.logWrite(pos, header)];
-      if (block.data && block.data.length > 0) writes.push(this.logWrite(pos + this.unitSectors, block.data));
-      await Promise.all(writes);
-      if (updateSuper) await this.writeSuper();
-    } catch (err) {
-      this.disable(`Error writing to the log device: ${err instanceof Error ? err.message : String(err)}`);
+    const write = this.writeEntry(pos, block).catch((err: unknown) => this.disable(`Error writing to the log device: ${errorText(err)}`));
+    this.inflightWrites.add(write);
+    void write.finally(() => this.inflightWrites.delete(write));
+    if (this.inflightWrites.size >= MAX_INFLIGHT_WRITES) await Promise.race(this.inflightWrites);
+    if (block.header.flags & (LogFlag.FUA | LogFlag.MARK)) {
+      await this.settleWrites();
+      if (!this.loggingEnabled) return; // never count entries past a failed write
+      const count = this.loggedEntries;
+      await this.writeSuper(count).catch((err: unknown) => this.disable(`Error writing the log super block: ${errorText(err)}`));
     }
   }
 
-  private async writeSuper(): Promise<void> {
+  private async writeEntry(pos: number, block: PendingBlock): Promise<void> {
+    const header = encodeEntry(block.header, this.sectorSize);
+    const data = block.data;
+    if (!data || data.length === 0) return this.logWrite(pos, header);
+    // Small entries go out as one write; large payloads are not copied again.
+    if (data.length <= COALESCE_BYTES) return this.logWrite(pos, Buffer.concat([header, data]));
+    await Promise.all([this.logWrite(pos, header), this.logWrite(pos + this.unitSectors, data)]);
+  }
+
+  private async settleWrites(): Promise<void> {
+    while (this.inflightWrites.size > 0) await Promise.all(this.inflightWrites);
+  }
+
+  private async writeSuper(nrEntries: number): Promise<void> {
     await this.logDev.submit({ op: "flush", sector: 0 as Sector, count: 0 as Sector, fua: false });
-    const buf = encodeSuper({ nrEntries: this.loggedEntries, sectorSize: this.sectorSize });
+    const buf = encodeSuper({ nrEntries, sectorSize: this.sectorSize });
     await this.logDev.submit({ op: "write", sector: 0 as Sector, count: (buf.length / SECTOR_SIZE) as Sector, data: buf, fua: true });
   }
 
@@ -242,6 +267,8 @@ export class LogWritesTarget implements Target {
     await this.idle();
   }
 }
+
+const errorText = (err: unknown): string => (err instanceof Error ? err.message : String(err));
 
 function isNotSupported(err: unknown): boolean {
   if (err instanceof DmError) return err.errno === "EOPNOTSUPP";
