@@ -99,7 +99,7 @@ describe("bow-restore: interruption", () => {
   });
 
   it("a run interrupted one entry at a time still ends with the same image", () => {
-    let image = Buffer.from(small.after);
+    let image: Buffer = Buffer.from(small.after);
     let runs = 0;
     for (;;) {
       const r = restoreMem(image, { limit: 1 });
