@@ -541,6 +541,18 @@ describe("rename, message, wait, selection, misc (items 32-37)", () => {
     await fails([`message`, `${d.devDir}/mapper/m33`, "0", "w1", "w2"], ["device-mapper: message ioctl on m33  failed: Invalid argument", "Command failed."]);
   });
 
+  it("a message the target accepts (log-writes mark), by name and by path", async () => {
+    const data = path.join(d.dir, "lw-data.img");
+    const log = path.join(d.dir, "lw-log.img");
+    fs.writeFileSync(data, Buffer.alloc(1 << 20));
+    fs.writeFileSync(log, Buffer.alloc(1 << 20));
+    await ok(["create", "lw33", "--table", `0 2048 log-writes ${data} ${log}`]);
+    await ok(["message", "lw33", "0", "mark", "first"]);
+    await ok(["message", `${d.devDir}/mapper/lw33`, "0", "mark", "second"]);
+    await fails(["message", "lw33", "0", "mark"], ["device-mapper: message ioctl on lw33  failed: Invalid argument", "Command failed."]);
+    await ok(["remove", "lw33"]);
+  });
+
   it("wait returns when the event counter moves (item 34)", async () => {
     await ok(["create", "w34", "--table", "0 8 zero"]);
     const waiting = ts(["wait", "w34"]);
