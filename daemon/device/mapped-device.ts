@@ -122,8 +122,8 @@ export class MappedDevice {
   // ---- tables ----
 
   /** load/reload: construct into the inactive slot, replacing (and destroying) a previous inactive table. */
-  async load(lines: readonly TableLineSpec[], readOnly: boolean): Promise<void> {
-    const table = await Table.load(lines, this.hooks.tableEnv(this, readOnly));
+  async load(lines: readonly TableLineSpec[], readOnly: boolean, opts: { restoring?: boolean } = {}): Promise<void> {
+    const table = await Table.load(lines, { ...this.hooks.tableEnv(this, readOnly), restoring: opts.restoring });
     const old = this.inactive;
     this.inactive = table;
     await old?.destroy();

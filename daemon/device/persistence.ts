@@ -127,11 +127,11 @@ export class DeviceStateStore {
       const dev = this.registry.create({ name: d.name, uuid: d.uuid || undefined, readOnly: d.readOnly, minor: d.minor });
       try {
         if (d.live) {
-          await dev.load(toSpecs(d.live.lines), d.live.readOnly);
+          await dev.load(toSpecs(d.live.lines), d.live.readOnly, { restoring: true });
           await dev.resume({ noflush: false });
           if (d.suspended) await dev.suspend({ noflush: false });
         }
-        if (d.inactive) await dev.load(toSpecs(d.inactive.lines), d.inactive.readOnly);
+        if (d.inactive) await dev.load(toSpecs(d.inactive.lines), d.inactive.readOnly, { restoring: true });
         restored.push(d.name);
       } catch (err) {
         const message = err instanceof Error ? err.message : String(err);

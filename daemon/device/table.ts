@@ -26,6 +26,7 @@ interface TableEntry {
 export interface TableEnv {
   deviceName: string;
   readOnly: boolean;
+  restoring?: boolean;
   openDevice(spec: string, mode: "r" | "rw"): Promise<BlockDevice>;
   raiseEvent(): void;
   log(level: "info" | "warn" | "error", message: string, fields?: Record<string, unknown>): void;
@@ -72,6 +73,7 @@ export class Table {
         const ctx: TargetContext = {
           deviceName: env.deviceName,
           readOnly: env.readOnly,
+          restoring: env.restoring ?? false,
           start: l.start,
           openDevice: async (spec, mode) => {
             const d = await env.openDevice(spec, mode);

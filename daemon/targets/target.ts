@@ -57,6 +57,12 @@ export interface TargetContext {
   /** Start of the target in the table. */
   readonly start: Sector;
   /**
+   * True when the daemon is bringing the table back after a restart (clean or kill -9), rather than a user
+   * loading it. A target with on-disk state continues from it (e.g. log-writes appends to its existing log)
+   * where a fresh load would start anew, as the kernel's constructor does.
+   */
+  readonly restoring?: boolean;
+  /**
    * dm_get_device: open a file, block device or tsdm device named by path, major:minor, tsdm name or
    * /dev/mapper/NAME. Closed automatically when the table is destroyed.
    */
