@@ -3,7 +3,7 @@ import type { Bio } from "../io/bio.js";
 import type { MappedDevice } from "../device/mapped-device.js";
 import type { Logger } from "../core/log.js";
 import type { Sector } from "../core/units.js";
-import { SECTOR_SHIFT } from "../core/units.js";
+import { SECTOR_SIZE } from "../core/units.js";
 import { errorMessage, nbdErrorOf } from "./errno.js";
 import { blockSizes } from "./export.js";
 import type { SelectedContext } from "./handshake.js";
@@ -244,7 +244,7 @@ export class Connection {
   private rangeError(offset: number, length: number, beyondEnd: number): number {
     const align = this.align;
     if (offset % align !== 0 || length % align !== 0) return NbdErr.EINVAL;
-    if (offset + length > this.dev.size << SECTOR_SHIFT) return beyondEnd;
+    if (offset + length > this.dev.size * SECTOR_SIZE) return beyondEnd; // not <<: sizes pass 2^31 bytes
     return 0;
   }
 
@@ -286,9 +286,11 @@ export class Connection {
 
   private readFailed(buf: Buffer, pooled: Buffer, length: number, e: unknown): void {
     this.finished(length);
-    sharedPool.put(pooled);
     // The cookie sits at bytes 8..16 of both reply header kinds.
-    this.replyError(Cmd.READ, buf.readUInt32BE(8), buf.readUInt32BE(12), nbdErrorOf(e), errorMessage(e));
+    const cookieHi = buf.readUInt32BE(8);
+    const cookieLo = buf.readUInt32BE(12);
+    sharedPool.put(pooled);
+    this.replyError(Cmd.READ, cookieHi, cookieLo, nbdErrorOf(e), errorMessage(e));
     this.maybeFinish();
   }
 

@@ -14,7 +14,7 @@ export interface NbdServerOptions {
   maxConnections?: number;
   /** Metadata contexts offered to clients; default: base:allocation only. */
   metaContexts?: MetaContextRegistry;
-  /** A client must finish option haggling within this time. Default 30 s. */
+  /** A client silent for this long during option haggling is dropped (transmission has no timeout). Default 30 s. */
   handshakeTimeoutMs?: number;
 }
 

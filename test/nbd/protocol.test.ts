@@ -326,6 +326,32 @@ describe("NBD protocol handling", () => {
       c.destroy();
     });
 
+    it("devices beyond 4 GiB: offsets, bounds and multi-GiB TRIM/WRITE_ZEROES are exact", async () => {
+      const big = 8 * 2 ** 30;
+      const { file: bigFile } = await fx.linear("big", big); // sparse
+      const c = await RawClient.connect(fx.sock);
+      await c.greet();
+      const { size } = await c.go("big");
+      expect(size).toBe(BigInt(big));
+      c.request(CMD.WRITE, { cookie: 1n, offset: big - 4096, payload: Buffer.alloc(4096, 0x77) });
+      expect((await c.simpleReply()).error).toBe(0);
+      c.request(CMD.READ, { cookie: 2n, offset: big - 4096, length: 4096 });
+      expect((await c.simpleReply(4096)).data.every((b) => b === 0x77)).toBe(true);
+      c.request(CMD.READ, { cookie: 3n, offset: big, length: 512 });
+      expect((await c.simpleReply()).error).toBe(E.EINVAL);
+      const threeGiB = 3 * 2 ** 30;
+      c.request(CMD.TRIM, { cookie: 4n, offset: 2 ** 32, length: threeGiB });
+      expect((await c.simpleReply()).error).toBe(0);
+      c.request(CMD.WRITE_ZEROES, { cookie: 5n, offset: 2 ** 30, length: threeGiB });
+      expect((await c.simpleReply()).error).toBe(0);
+      c.request(CMD.READ, { cookie: 6n, offset: big - 4096, length: 4096 });
+      expect((await c.simpleReply(4096)).data.every((b) => b === 0x77)).toBe(true); // outside both ranges
+      c.destroy();
+      await c.closed();
+      await fx.reg.discard(fx.reg.get({ name: "big" }));
+      fs.rmSync(bigFile);
+    });
+
     it("WRITE_ZEROES and TRIM reach the file", async () => {
       const c = await attached();
       c.request(CMD.WRITE_ZEROES, { cookie: 1n, offset: 131072, length: 65536, flags: 2 /* NO_HOLE */ });
