@@ -3,7 +3,7 @@ import type { Bio } from "./bio.js";
 import type { BlockDevice } from "./block-device.js";
 import { native } from "./native.js";
 import { DmError, fromSystemError } from "../core/errors.js";
-import { SECTOR_SHIFT, type Sector } from "../core/units.js";
+import { SECTOR_SIZE, type Sector } from "../core/units.js";
 
 /**
  * A regular file or a kernel block device used as an underlying device. Reads and writes go through the page
@@ -75,11 +75,11 @@ export class FileDevice implements BlockDevice {
         return new Promise((resolve, reject) => fs.fdatasync(this.fd, (err) => (err ? reject(err) : resolve())));
       case "discard":
         return this.finish(
-          this.isBlockDevice ? native.blkDiscard(this.fd, pos, bio.count << SECTOR_SHIFT) : native.punchHole(this.fd, pos, bio.count << SECTOR_SHIFT),
+          this.isBlockDevice ? native.blkDiscard(this.fd, pos, bio.count * SECTOR_SIZE) : native.punchHole(this.fd, pos, bio.count * SECTOR_SIZE),
           bio.fua,
         );
       case "write_zeroes": {
-        const len = bio.count << SECTOR_SHIFT;
+        const len = bio.count * SECTOR_SIZE; // not <<: a 2 GiB+ range would overflow 32-bit shifts
         const op = this.isBlockDevice
           ? native.blkZeroOut(this.fd, pos, len)
           : bio.noUnmap
