@@ -99,7 +99,21 @@ export async function depsOf(ctx: Ctx, d: DeviceInfo): Promise<GetDepsResponse> 
 }
 
 /** Every device with its deps, as the dependency tree the report's tree fields and `ls --tree` need. */
-export async function buildTree(ctx: Ctx): Promise<{ nodes: TreeNode[]; byName: Map<string, TreeNode> }> {
+const trees = new WeakMap<Ctx, Promise<DepTree>>();
+
+/** The dependency tree, built once per run as dmsetup does (the report asks for it per row). */
+function wholeTree(ctx: Ctx): Promise<DepTree> {
+  let t = trees.get(ctx);
+  if (!t) trees.set(ctx, (t = buildTree(ctx)));
+  return t;
+}
+
+export interface DepTree {
+  nodes: TreeNode[];
+  byName: Map<string, TreeNode>;
+}
+
+export async function buildTree(ctx: Ctx): Promise<DepTree> {
   const devs = await listAll(ctx);
   const byDevno = new Map<string, TreeNode>();
   const nodes: TreeNode[] = [];
@@ -172,7 +186,7 @@ export async function reportObject(ctx: Ctx, needs: Set<FieldNeed>, d: DeviceInf
     o.deps = deps.deps.map((x) => ({ major: x.major, minor: x.minor, blkdevname: x.name }));
   }
   if (needs.has("tree")) {
-    const tree = await buildTree(ctx);
+    const tree = await wholeTree(ctx);
     const n = tree.byName.get(d.name);
     o.usesNames = (n?.uses ?? []).filter((c) => c.name).map((c) => c.name);
     o.usedBy = (n?.usedBy ?? []).map((p) => ({ name: p.name, major: p.major, minor: p.minor }));
