@@ -157,6 +157,18 @@ describe("worked examples (spec §1.8), written by the target", () => {
     expect(b.subarray(0, 4096).equals(encodeSuper({ nrEntries: 1, sectorSize: 4096 }))).toBe(true);
     // A 512-byte write to a 4 KiB device is refused before it reaches anything.
     await expect(dev.submit(write(1, fill(1, 1)))).rejects.toThrow(/aligned/);
+    // The inner device logged the same write in its 4 KiB log_sector_size units over a 512 B file; both logs
+    // replay to the data image.
+    await reg.remove(dev);
+    await reg.remove(four);
+    for (const l of [innerLog, log]) {
+      const replay = makeFile(tmp.dir, "replay", 1 << 20);
+      const r = await replayLog(["--log", l, "--replay", replay]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(fs.readFileSync(replay).equals(fs.readFileSync(data))).toBe(true);
+    }
+    // FUA write, the flush the outer device sent down when it was removed, the end mark.
+    expect((await replayLog(["--log", innerLog])).stdout).toBe("Log version=1, sectorsize=4096, entries=3\n");
   });
 });
 

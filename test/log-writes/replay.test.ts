@@ -136,6 +136,33 @@ describe("replaying tsdm logs", () => {
   });
 });
 
+describe("replaying onto a block device", () => {
+  it("a loop device: writes land, discards go down as BLKDISCARD", async () => {
+    const seed = randomFile("seed", 1 << 20);
+    const log = makeFile(tmp.dir, "log", 1 << 20);
+    const data = copy(seed, "data");
+    const dev = reg.create({ name: "lw" });
+    await dev.load(line(2048, `${data} ${log}`), false);
+    await dev.resume({ noflush: false });
+    await dev.submit(write(0, fill(8, 0x5e), true));
+    await dev.submit(discard(512, 256));
+    await reg.remove(dev);
+    const backing = copy(seed, "backing");
+    const attach = await run("losetup", ["-f", "--show", backing]);
+    expect(attach.code, attach.stderr).toBe(0);
+    const loop = attach.stdout.trim();
+    try {
+      const r = await replayLog(["-v", "--log", log, "--replay", loop]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).not.toMatch(/doesn't support discard/);
+    } finally {
+      await run("losetup", ["-d", loop]);
+    }
+    expect(fs.readFileSync(backing).equals(fs.readFileSync(data))).toBe(true);
+    expect(fs.readFileSync(backing).subarray(512 * 512, 768 * 512).every((b) => b === 0)).toBe(true);
+  });
+});
+
 describe("errors and exit codes (spec §3.4)", () => {
   async function smallLog(): Promise<string> {
     const data = makeFile(tmp.dir, "data", 1 << 20);
