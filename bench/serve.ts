@@ -3,7 +3,7 @@
  * `--device NAME=TABLE` argument, where TABLE is dmsetup table text with lines separated by ";"
  * (e.g. `lin=0 2097152 linear /dev/shm/x 0`). Prints "ready" on stdout once listening; exits on SIGTERM/SIGINT.
  *
- *   node --import tsx bench/serve.ts --socket /tmp/tsdm.sock --device lin="0 2097152 linear /dev/shm/f 0"
+ *   node --import tsx bench/serve.ts --socket /tmp/tsdm.sock --device lin="0 2097152 linear /dev/shm/f 0" [--tcp 127.0.0.1:10809]
  */
 import { parseArgs } from "node:util";
 import { DeviceRegistry } from "../daemon/device/registry.js";
@@ -17,6 +17,7 @@ const { values } = parseArgs({
     socket: { type: "string" },
     device: { type: "string", multiple: true, default: [] },
     "read-only": { type: "boolean", default: false },
+    tcp: { type: "string" },
   },
 });
 if (!values.socket) throw new Error("--socket is required");
@@ -42,6 +43,10 @@ for (const spec of values.device) {
 }
 const server = new NbdServer({ registry, log });
 await server.listenUnix(values.socket);
+if (values.tcp) {
+  const i = values.tcp.lastIndexOf(":");
+  await server.listenTcp(values.tcp.slice(0, i), Number(values.tcp.slice(i + 1)));
+}
 process.stdout.write("ready\n");
 const stop = async (): Promise<void> => {
   await server.close();
