@@ -1,4 +1,5 @@
 import { execFile } from "node:child_process";
+import { Writable } from "node:stream";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { expect } from "vitest";
@@ -27,8 +28,19 @@ export function run(cmd: string, args: readonly string[]): Promise<RunResult> {
   });
 }
 
-/** `tsdm <args>` from source. */
-export const tsdm = (args: readonly string[]): Promise<RunResult> => run(process.execPath, ["--import", "tsx", path.join(ROOT, "tools/tsdm.ts"), ...args]);
+/** `tsdm <args>` as a process, from source (the real entry point). */
+export const tsdmProcess = (args: readonly string[]): Promise<RunResult> => run(process.execPath, ["--import", "tsx", path.join(ROOT, "tools/tsdm.ts"), ...args]);
+
+/** `tsdm era ...` in-process, through the same dispatcher as the binary (args start with "era"). */
+export async function tsdm(args: readonly string[]): Promise<RunResult> {
+  expect(args[0]).toBe("era");
+  const { run: runEra } = await import("../../tools/era/cli.js");
+  let stdout = "";
+  let stderr = "";
+  const sink = (append: (s: string) => void) => new Writable({ write: (chunk: Buffer | string, _enc, cb) => (append(chunk.toString()), cb()) });
+  const code = await runEra(args.slice(1), { stdout: sink((s) => (stdout += s)), stderr: sink((s) => (stderr += s)) });
+  return { code, stdout, stderr };
+}
 
 /** Blocks listed by era_invalidate's <blocks> XML. */
 export function parseBlocks(xml: string): number[] {

@@ -205,7 +205,7 @@ describe("era workloads against thin-provisioning-tools 0.9.0", () => {
         for (let b = 0; b < nrBlocks; b++) if (written[b]! >= since && written[b]! < era) want.push(b);
         expect(await invalidateSince(meta, since)).toEqual(since === 0 ? Array.from({ length: nrBlocks }, (_, i) => i) : want);
       };
-      for (let step = 0; step < 60; step++) {
+      for (let step = 0; step < 40; step++) {
         const batch: Promise<void>[] = [];
         for (let i = 0; i < 1 + Math.floor(rand() * 20); i++) {
           const sector = Math.floor(rand() * sectors);

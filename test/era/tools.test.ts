@@ -7,7 +7,7 @@ import { readIndexEntry } from "../../daemon/targets/era/pdata/space-map.js";
 import { EraMetadata } from "../../daemon/targets/era/metadata.js";
 import { readSuperblock } from "../../daemon/targets/era/inspect.js";
 import { makeFile, makeRegistry, tempDir } from "../helpers/registry.js";
-import { createEra, parseBlocks, run, S, tsdm, writeBio } from "./helpers.js";
+import { createEra, parseBlocks, run, S, tsdm, tsdmProcess, writeBio } from "./helpers.js";
 
 let tmp: ReturnType<typeof tempDir>;
 let reg: DeviceRegistry;
@@ -65,6 +65,9 @@ describe("tsdm era tools vs thin-provisioning-tools 0.9.0", () => {
       expect(parseBlocks(ours.stdout)).toEqual(blocks);
     }
     expect((await tsdm(["era", "invalidate", "--written-since", "2", meta])).stdout).toBe('<blocks>\n  <range begin="1" end = "3"/>\n  <block block="7"/>\n  <range begin="50" end = "52"/>\n  <block block="99"/>\n</blocks>\n');
+    // The real binary: `tsdm era invalidate` and its stdout through a pipe.
+    const bin = await tsdmProcess(["era", "invalidate", "--written-since", "2", meta]);
+    expect({ code: bin.code, stdout: bin.stdout }).toEqual({ code: 0, stdout: (await run("era_invalidate", ["--written-since", "2", meta])).stdout });
     const out = path.join(tmp.dir, "out.xml");
     expect((await tsdm(["era", "invalidate", "-o", out, "--written-since=3", meta])).code).toBe(0);
     expect(fs.readFileSync(out, "utf8")).toBe((await run("era_invalidate", ["--written-since", "3", meta])).stdout);

@@ -1,7 +1,7 @@
 import { checkReferenceCounts, readEraArray, readerTm, readSuperblock, readWritesets } from "../../daemon/targets/era/inspect.js";
 import { MD_BLOCK_SECTORS } from "../../daemon/targets/era/pdata/block.js";
 import type { EraSuperblock } from "../../daemon/targets/era/superblock.js";
-import { parseOptions, VERSION } from "./options.js";
+import { parseOptions, processIo, type ToolIo, VERSION } from "./options.js";
 import { openMetadata } from "./open.js";
 
 const USAGE = ["Usage: era_check [options] {device|file}", "Options:", "  {-q|--quiet}", "  {-h|--help}", "  {-V|--version}", "  {--super-block-only}", "  {--check-space-map}", ""].join("\n");
@@ -11,7 +11,7 @@ const USAGE = ["Usage: era_check [options] {device|file}", "Options:", "  {-q|--
  * era above the current one), reported the same way on stderr, exit 0 or 1. --super-block-only stops after the
  * superblock (0.9.0 ignored it); --check-space-map also recounts every reference against the space map.
  */
-export async function runCheck(argv: string[]): Promise<number> {
+export async function runCheck(argv: string[], streams: ToolIo = processIo()): Promise<number> {
   const p = parseOptions(argv, {
     quiet: { short: "q", arg: false },
     help: { short: "h", arg: false },
@@ -20,25 +20,25 @@ export async function runCheck(argv: string[]): Promise<number> {
     "check-space-map": { arg: false },
   });
   if ("error" in p) {
-    process.stderr.write(`era check: ${p.error}\n${USAGE}`);
+    streams.stderr.write(`era check: ${p.error}\n${USAGE}`);
     return 1;
   }
   if (p.opts.has("help")) {
-    process.stdout.write(USAGE);
+    streams.stdout.write(USAGE);
     return 0;
   }
   if (p.opts.has("version")) {
-    process.stdout.write(`${VERSION}\n`);
+    streams.stdout.write(`${VERSION}\n`);
     return 0;
   }
   const path = p.positional[0];
   if (!path) {
-    process.stderr.write(`No input file provided.\n${USAGE}`);
+    streams.stderr.write(`No input file provided.\n${USAGE}`);
     return 1;
   }
   const quiet = p.opts.has("quiet");
   const out = (depth: number, msg: string): void => {
-    if (!quiet) process.stderr.write(`${"  ".repeat(depth)}${msg}\n`);
+    if (!quiet) streams.stderr.write(`${"  ".repeat(depth)}${msg}\n`);
   };
   let io;
   try {

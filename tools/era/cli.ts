@@ -1,19 +1,20 @@
 import { runCheck } from "./check.js";
 import { runDump } from "./dump.js";
 import { runInvalidate } from "./invalidate.js";
+import { processIo, type ToolIo } from "./options.js";
 
 /** `tsdm era <dump|invalidate|check> ...`: offline tools for dm-era metadata, compatible with era_* 0.9.0. */
-const SUBS: Record<string, (argv: string[]) => Promise<number>> = {
+const SUBS: Record<string, (argv: string[], io?: ToolIo) => Promise<number>> = {
   dump: runDump,
   invalidate: runInvalidate,
   check: runCheck,
 };
 
-export async function run(argv: string[]): Promise<number> {
+export async function run(argv: string[], io: ToolIo = processIo()): Promise<number> {
   const [sub, ...rest] = argv;
   const fn = sub ? SUBS[sub] : undefined;
   if (!fn) {
-    process.stderr.write(
+    io.stderr.write(
       [
         "Usage: tsdm era <command> [options] {device|file}",
         "Commands:",
@@ -25,5 +26,5 @@ export async function run(argv: string[]): Promise<number> {
     );
     return sub === "-h" || sub === "--help" ? 0 : 1;
   }
-  return fn(rest);
+  return fn(rest, io);
 }

@@ -1,6 +1,6 @@
 import fs from "node:fs";
 import { readEraArray, readerTm, readSuperblock, readWritesets } from "../../daemon/targets/era/inspect.js";
-import { LineWriter, parseOptions, VERSION } from "./options.js";
+import { LineWriter, parseOptions, processIo, type ToolIo, VERSION } from "./options.js";
 import { openMetadata } from "./open.js";
 
 const USAGE = ["Usage: era_dump [options] {device|file}", "Options:", "  {-h|--help}", "  {-o <xml file>}", "  {-V|--version}", "  {--repair}", "  {--logical}", ""].join("\n");
@@ -14,23 +14,23 @@ function uuidText(uuid: Buffer): string {
 const xmlAttr = (s: string): string => s.replace(/&/g, "&amp;").replace(/"/g, "&quot;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 
 /** `tsdm era dump`: era_dump 0.9.0's XML (every writeset bit, every era-array entry); --logical folds writesets in. */
-export async function runDump(argv: string[]): Promise<number> {
+export async function runDump(argv: string[], streams: ToolIo = processIo()): Promise<number> {
   const p = parseOptions(argv, { help: { short: "h", arg: false }, output: { short: "o", arg: true }, version: { short: "V", arg: false }, repair: { arg: false }, logical: { arg: false } });
   if ("error" in p) {
-    process.stderr.write(`era dump: ${p.error}\n${USAGE}`);
+    streams.stderr.write(`era dump: ${p.error}\n${USAGE}`);
     return 1;
   }
   if (p.opts.has("help")) {
-    process.stdout.write(USAGE);
+    streams.stdout.write(USAGE);
     return 0;
   }
   if (p.opts.has("version")) {
-    process.stdout.write(`${VERSION}\n`);
+    streams.stdout.write(`${VERSION}\n`);
     return 0;
   }
   const path = p.positional[0];
   if (!path) {
-    process.stderr.write(`No input file provided.\n${USAGE}`);
+    streams.stderr.write(`No input file provided.\n${USAGE}`);
     return 1;
   }
   const repair = p.opts.has("repair");
@@ -45,7 +45,7 @@ export async function runDump(argv: string[]): Promise<number> {
       };
       const writesets = await readWritesets(tm, sb.writesetTreeRoot).catch((e) => (repair ? [] : damage(e)));
       const eras = await readEraArray(tm, sb.eraArrayRoot).catch((e) => (repair ? new Uint32Array(0) : damage(e)));
-      const w = new LineWriter(typeof output === "string" ? fs.createWriteStream(output) : process.stdout);
+      const w = (typeof output === "string" ? new LineWriter(fs.createWriteStream(output), true) : new LineWriter(streams.stdout));
       if (w.line(`<superblock uuid="${xmlAttr(uuidText(sb.uuid))}" block_size="${sb.dataBlockSize}" nr_blocks="${sb.nrBlocks}" current_era="${sb.currentEra}">`)) await w.flush();
       if (p.opts.has("logical")) {
         // 0.9.0 keeps the first (oldest) archived era that has the bit, then takes it only if above the array's.
@@ -74,7 +74,7 @@ export async function runDump(argv: string[]): Promise<number> {
     }
     return 0;
   } catch (e) {
-    process.stderr.write(`${(e as Error).message}\n`);
+    streams.stderr.write(`${(e as Error).message}\n`);
     return 1;
   }
 }

@@ -1,6 +1,6 @@
 import fs from "node:fs";
 import { blocksWrittenSince, readEraArray, readerTm, readSuperblock, readWritesets } from "../../daemon/targets/era/inspect.js";
-import { LineWriter, parseOptions, VERSION } from "./options.js";
+import { LineWriter, parseOptions, processIo, type ToolIo, VERSION } from "./options.js";
 import { openMetadata } from "./open.js";
 
 const USAGE = ["Usage: era_invalidate [options] --written-since <era> {device|file}", "Options:", "  {-h|--help}", "  {-o <xml file>}", "  {-V|--version}", ""].join("\n");
@@ -9,7 +9,7 @@ const USAGE = ["Usage: era_invalidate [options] --written-since <era> {device|fi
  * `tsdm era invalidate --written-since N`: the blocks written in era N or later, as era_invalidate's <blocks>
  * XML. With --metadata-snapshot the snapshot's trees are read (0.9.0 read the live ones by mistake, issue #192).
  */
-export async function runInvalidate(argv: string[]): Promise<number> {
+export async function runInvalidate(argv: string[], streams: ToolIo = processIo()): Promise<number> {
   const p = parseOptions(argv, {
     help: { short: "h", arg: false },
     output: { short: "o", arg: true },
@@ -18,29 +18,29 @@ export async function runInvalidate(argv: string[]): Promise<number> {
     "written-since": { arg: true },
   });
   if ("error" in p) {
-    process.stderr.write(`era invalidate: ${p.error}\n${USAGE}`);
+    streams.stderr.write(`era invalidate: ${p.error}\n${USAGE}`);
     return 1;
   }
   if (p.opts.has("help")) {
-    process.stdout.write(USAGE);
+    streams.stdout.write(USAGE);
     return 0;
   }
   if (p.opts.has("version")) {
-    process.stdout.write(`${VERSION}\n`);
+    streams.stdout.write(`${VERSION}\n`);
     return 0;
   }
   const path = p.positional[0];
   if (!path) {
-    process.stderr.write(`No input file provided.\n${USAGE}`);
+    streams.stderr.write(`No input file provided.\n${USAGE}`);
     return 1;
   }
   const sinceText = p.opts.get("written-since");
   if (sinceText === undefined) {
-    process.stderr.write(`Please specify --written-since\n${USAGE}`);
+    streams.stderr.write(`Please specify --written-since\n${USAGE}`);
     return 1;
   }
   if (typeof sinceText !== "string" || !/^[0-9]+$/.test(sinceText) || Number(sinceText) > 0xffffffff) {
-    process.stderr.write(`bad lexical cast: source type value could not be interpreted as target\n`);
+    streams.stderr.write(`bad lexical cast: source type value could not be interpreted as target\n`);
     return 1;
   }
   const since = Number(sinceText);
@@ -62,7 +62,7 @@ export async function runInvalidate(argv: string[]): Promise<number> {
         throw new Error("metadata contains errors (run era_check for details).", { cause: e });
       }
       const output = p.opts.get("output");
-      const w = new LineWriter(typeof output === "string" ? fs.createWriteStream(output) : process.stdout);
+      const w = (typeof output === "string" ? new LineWriter(fs.createWriteStream(output), true) : new LineWriter(streams.stdout));
       if (w.line("<blocks>")) await w.flush();
       for (let i = 0; i < blocks.length; ) {
         const b = blocks[i]!;
@@ -81,7 +81,7 @@ export async function runInvalidate(argv: string[]): Promise<number> {
     }
     return 0;
   } catch (e) {
-    process.stderr.write(`${(e as Error).message}\n`);
+    streams.stderr.write(`${(e as Error).message}\n`);
     return 1;
   }
 }

@@ -46,7 +46,11 @@ export function parseOptions(argv: readonly string[], spec: OptSpec): Parsed {
 export class LineWriter {
   private parts: string[] = [];
   private size = 0;
-  constructor(private readonly out: NodeJS.WritableStream) {}
+  constructor(
+    private readonly out: NodeJS.WritableStream,
+    /** A file stream this writer opened: ended (and waited for) by end(). */
+    private readonly owned = false,
+  ) {}
   line(s: string): boolean {
     this.parts.push(s, "\n");
     this.size += s.length + 1;
@@ -62,8 +66,15 @@ export class LineWriter {
   /** Flush and wait until a file stream is closed (no-op for stdout). */
   async end(): Promise<void> {
     await this.flush();
-    if (this.out !== process.stdout) await new Promise<void>((resolve, reject) => this.out.end(() => resolve()).on?.("error", reject));
+    if (this.owned) await new Promise<void>((resolve) => this.out.end(() => resolve()));
   }
 }
 
 export const VERSION = "0.9.0";
+
+/** Where a tool writes: the process's streams, or others (tests run the tools in-process). */
+export interface ToolIo {
+  readonly stdout: NodeJS.WritableStream;
+  readonly stderr: NodeJS.WritableStream;
+}
+export const processIo = (): ToolIo => ({ stdout: process.stdout, stderr: process.stderr });
