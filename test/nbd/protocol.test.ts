@@ -352,6 +352,36 @@ describe("NBD protocol handling", () => {
       fs.rmSync(bigFile);
     });
 
+    it("backpressure: a client that pipelines more than the in-flight limit without reading gets every reply", async () => {
+      const c = await attached();
+      const n = 800; // above the 512-request in-flight limit, so parsing pauses and resumes mid-chunk
+      const reqs: Buffer[] = [];
+      for (let i = 0; i < n; i++) {
+        const h = Buffer.alloc(28);
+        h.writeUInt32BE(0x25609513, 0);
+        h.writeUInt16BE(CMD.READ, 6);
+        h.writeBigUInt64BE(BigInt(i), 8);
+        h.writeBigUInt64BE(BigInt((i % 16) * 65536), 16);
+        h.writeUInt32BE(65536, 24);
+        reqs.push(h);
+      }
+      c.socket.pause(); // do not read replies yet
+      c.write(Buffer.concat(reqs));
+      await new Promise((r) => setTimeout(r, 100));
+      c.socket.resume();
+      const data = fs.readFileSync(file);
+      const seen = new Set<bigint>();
+      for (let i = 0; i < n; i++) {
+        const r = await c.simpleReply(65536);
+        expect(r.error).toBe(0);
+        const k = Number(r.cookie) % 16;
+        expect(r.data.equals(data.subarray(k * 65536, (k + 1) * 65536))).toBe(true);
+        seen.add(r.cookie);
+      }
+      expect(seen.size).toBe(n);
+      c.destroy();
+    });
+
     it("WRITE_ZEROES and TRIM reach the file", async () => {
       const c = await attached();
       c.request(CMD.WRITE_ZEROES, { cookie: 1n, offset: 131072, length: 65536, flags: 2 /* NO_HOLE */ });
