@@ -59,6 +59,32 @@ const TARGETS = [
     ratios: ["nbdkit-file", "qemu-nbd"],
   },
   {
+    // Two stripes over the two halves of the same file (64 KiB chunks): the cost of chunk splitting.
+    name: "tsdm-striped",
+    kind: "tsdm",
+    devices: (file, sectors) => {
+      const half = Math.floor(sectors / 2 / 128) * 128;
+      return [{ name: "str", table: `0 ${half * 2} striped 2 128 ${file} 0 ${file} ${half}` }];
+    },
+    export: "str",
+    ratios: ["tsdm-linear"],
+  },
+  {
+    // flakey in its up phase and delay with zero delays: the pass-through cost of the fault injectors.
+    name: "tsdm-flakey-up",
+    kind: "tsdm",
+    devices: (file, sectors) => [{ name: "flk", table: `0 ${sectors} flakey ${file} 0 4294967295 0` }],
+    export: "flk",
+    ratios: ["tsdm-linear"],
+  },
+  {
+    name: "tsdm-delay-0",
+    kind: "tsdm",
+    devices: (file, sectors) => [{ name: "dly", table: `0 ${sectors} delay ${file} 0 0` }],
+    export: "dly",
+    ratios: ["tsdm-linear"],
+  },
+  {
     name: "nbdkit-file",
     kind: "command",
     command: (file, sock) => ["nbdkit", ["-f", "-U", sock, "file", file]],
