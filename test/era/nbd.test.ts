@@ -5,6 +5,7 @@ import type { DeviceRegistry } from "../../daemon/device/registry.js";
 import { baseAllocation, MetaContextRegistry } from "../../daemon/nbd/meta-context.js";
 import { NbdServer } from "../../daemon/nbd/server.js";
 import { eraWrittenSince } from "../../daemon/targets/era/nbd-context.js";
+import { EraTarget } from "../../daemon/targets/era/target.js";
 import { makeFile, makeRegistry, tempDir } from "../helpers/registry.js";
 import { createEra, eraOf, expectEraCheckClean, expectRefCountsClean, invalidateSince, run, S } from "./helpers.js";
 
@@ -71,6 +72,14 @@ describe("era over NBD", () => {
       [21 * K, 43 * K, 0],
     ]);
     expect(await map(uri, "tsdm-era:written-since:3")).toEqual([[0, 64 * K, 0]]);
+    // The same answer from the target's own API (what any other server can use).
+    const target = dev.live!.targets()[0]!.target as EraTarget;
+    const extents: Array<[number, number]> = [];
+    for await (const e of target.changedBlocksSince(2)) extents.push([e.startSector * 512, e.lengthSectors * 512]);
+    expect(extents).toEqual([
+      [10 * K, 2 * K],
+      [20 * K, K],
+    ]);
     // The same answer from the tools once the era is archived.
     await dev.suspend({ noflush: false });
     expect(await invalidateSince(meta, 2)).toEqual([10, 11, 20]);
