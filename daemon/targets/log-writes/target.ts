@@ -67,7 +67,7 @@ export class LogWritesTarget implements Target {
   /** Completed plain writes and discards not yet covered by a completed flush, in completion order. */
   private unflushed: PendingBlock[] = [];
   /** Blocks ready to be written to the log, in order. */
-  private queue: PendingBlock[] = [];
+  private readonly queue = new Fifo<PendingBlock>();
   private logger: Promise<void> | undefined;
   /** Entry writes submitted to the log device and not yet complete. */
   private readonly inflightWrites = new Set<Promise<void>>();
@@ -108,7 +108,8 @@ export class LogWritesTarget implements Target {
       try {
         await this.dev.submit(down);
       } finally {
-        this.enqueue(...batch, block);
+        batch.push(block);
+        this.enqueue(batch);
       }
       return;
     }
@@ -139,7 +140,7 @@ export class LogWritesTarget implements Target {
 
   /** end_io for a write or discard. */
   private completed(block: PendingBlock): void {
-    if (block.header.flags & LogFlag.FUA) this.enqueue(block);
+    if (block.header.flags & LogFlag.FUA) this.enqueue([block]);
     else this.unflushed.push(block);
   }
 
@@ -161,17 +162,18 @@ export class LogWritesTarget implements Target {
     let bytes = Buffer.from(text, "utf8");
     const nul = bytes.indexOf(0);
     if (nul >= 0) bytes = bytes.subarray(0, nul);
-    this.enqueue({ header: markEntry(Buffer.from(bytes.subarray(0, maxMarkLength(this.sectorSize)))) });
+    this.enqueue([{ header: markEntry(Buffer.from(bytes.subarray(0, maxMarkLength(this.sectorSize)))) }]);
   }
 
   // ---- the logger ----
 
-  private enqueue(...blocks: PendingBlock[]): void {
-    this.queue.push(...blocks);
+  /** Append to the logging queue (a loop, not push(...blocks): a flush batch can hold very many writes). */
+  private enqueue(blocks: readonly PendingBlock[]): void {
+    for (const b of blocks) this.queue.push(b);
     if (!this.logger && this.queue.length > 0) {
       this.logger = this.drain().finally(() => {
         this.logger = undefined;
-        if (this.queue.length > 0) this.enqueue();
+        if (this.queue.length > 0) this.enqueue([]);
         else for (const w of this.idleWaiters.splice(0)) w();
       });
     }
@@ -262,9 +264,31 @@ export class LogWritesTarget implements Target {
     this.destroyed = true;
     const rest = this.unflushed;
     this.unflushed = [];
-    this.queue.push(...rest);
+    this.enqueue(rest);
     if (!this.readOnly) this.mark(END_MARK);
     await this.idle();
+  }
+}
+
+/** A FIFO with O(1) shift (Array.prototype.shift is O(n), and a flush batch can hold very many writes). */
+class Fifo<T> {
+  private items: T[] = [];
+  private head = 0;
+  get length(): number {
+    return this.items.length - this.head;
+  }
+  push(item: T): void {
+    this.items.push(item);
+  }
+  shift(): T | undefined {
+    if (this.head >= this.items.length) return undefined;
+    const item = this.items[this.head]!;
+    this.items[this.head++] = undefined as T; // drop the reference (payloads can be large)
+    if (this.head > 1024 && this.head * 2 > this.items.length) {
+      this.items = this.items.slice(this.head);
+      this.head = 0;
+    }
+    return item;
   }
 }
 
