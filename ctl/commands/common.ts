@@ -66,20 +66,55 @@ export async function listAll(ctx: Ctx): Promise<DeviceInfo[]> {
   return (await ctx.rpc("names", { name: "" }, (api) => api.listDevices({}))).devices;
 }
 
+/** Run `fetch` over the items at most `limit` at a time (one HTTP/2 connection multiplexes them). */
+export function limited<I, T>(items: readonly I[], fetch: (item: I) => Promise<T>, limit = 32): Promise<T>[] {
+  let active = 0;
+  const waiting: Array<() => void> = [];
+  const acquire = (): Promise<void> => {
+    if (active < limit) {
+      active++;
+      return Promise.resolve();
+    }
+    return new Promise((r) => waiting.push(r));
+  };
+  const release = (): void => {
+    const next = waiting.shift();
+    if (next) next();
+    else active--;
+  };
+  return items.map(async (item) => {
+    await acquire();
+    try {
+      return await fetch(item);
+    } finally {
+      release();
+    }
+  });
+}
+
 /**
  * dmsetup's _process_all: run `fn` over every device (a failure does not stop the others, the command
- * fails at the end); "No devices found" when there are none.
+ * fails at the end); "No devices found" when there are none. With `prefetch`, each device's request is
+ * started ahead and handed to `fn`, which still reports its outcome in device order.
  */
-export async function forAll(ctx: Ctx, silent: boolean, fn: (d: DeviceInfo) => Promise<void>): Promise<void> {
+export async function forAll<T = never>(
+  ctx: Ctx,
+  silent: boolean,
+  fn: (d: DeviceInfo, fetched?: Promise<T>) => Promise<void>,
+  prefetch?: (d: DeviceInfo) => Promise<T>,
+): Promise<void> {
   const devs = await listAll(ctx);
   if (devs.length === 0) {
     if (!silent) ctx.out("No devices found\n");
     return;
   }
+  const fetched = prefetch ? limited(devs, prefetch) : undefined;
+  // Failures are reported when their turn comes; until then they must not count as unhandled.
+  fetched?.forEach((p) => p.catch(() => undefined));
   let ok = true;
-  for (const d of devs) {
+  for (const [i, d] of devs.entries()) {
     try {
-      await fn(d);
+      await fn(d, fetched?.[i]);
     } catch (e) {
       if (!(e instanceof Failed)) throw e;
       ok = false;
@@ -134,11 +169,13 @@ export async function buildTree(ctx: Ctx): Promise<DepTree> {
     n.info = { suspended: d.suspended, readOnly: d.readOnly, openCount: d.openCount, uuid: ctx.displayUuid(d.uuid) };
     byName.set(d.name, n);
   }
-  for (const d of devs) {
+  const allDeps = limited(devs, (d) => depsOf(ctx, d));
+  allDeps.forEach((p) => p.catch(() => undefined));
+  for (const [i, d] of devs.entries()) {
     const n = byName.get(d.name)!;
     let deps: GetDepsResponse;
     try {
-      deps = await depsOf(ctx, d);
+      deps = await allDeps[i]!;
     } catch (e) {
       if (e instanceof Failed) continue;
       throw e;

@@ -60,12 +60,16 @@ export const info: Handler = async (ctx, args, st) => {
 
 /** table and status: dmsetup's _status(). */
 export function tableOrStatus(kind: "table" | "status"): Handler {
-  const one = async (ctx: Ctx, st: RunState, given: string | undefined, dev: ResolvedDevice): Promise<void> => {
-    const req = { device: dev.ref, inactive: ctx.sw.inactive, noflush: ctx.sw.noflush };
+  type Res = { device?: DeviceInfo; lines: TableLine[] };
+  const fetch = (ctx: Ctx, ref: ResolvedDevice["ref"]): Promise<Res> => {
+    const req = { device: ref, inactive: ctx.sw.inactive, noflush: ctx.sw.noflush };
+    return kind === "table" ? ctx.tsdm.getTable(req) : ctx.tsdm.getStatus(req);
+  };
+  const one = async (ctx: Ctx, st: RunState, given: string | undefined, dev: ResolvedDevice, fetched?: Promise<Res>): Promise<void> => {
     const res =
       kind === "table"
-        ? await ctx.rpc("table", dev.target, (api) => api.getTable(req))
-        : await ctx.rpc("status", dev.target, (api) => api.getStatus(req), { onError: notExists(ctx) });
+        ? await ctx.rpc("table", dev.target, () => fetched ?? fetch(ctx, dev.ref))
+        : await ctx.rpc("status", dev.target, () => fetched ?? fetch(ctx, dev.ref), { onError: notExists(ctx) });
     const d = res.device!;
     const label = given ?? ctx.displayName(d.name);
     const concise = kind === "table" && ctx.sw.concise;
@@ -95,10 +99,13 @@ export function tableOrStatus(kind: "table" | "status"): Handler {
   };
   return async (ctx, args, st) => {
     if (args.length === 0 && !ctx.deviceBySwitch) {
-      await forAll(ctx, false, async (d) => {
-        const name = ctx.displayName(d.name);
-        await one(ctx, st, name, { ref: { by: { $case: "name", value: d.name } }, target: { name: d.name } });
-      });
+      const byName = (d: DeviceInfo): ResolvedDevice => ({ ref: { by: { $case: "name", value: d.name } }, target: { name: d.name } });
+      await forAll<Res>(
+        ctx,
+        false,
+        (d, fetched) => one(ctx, st, ctx.displayName(d.name), byName(d), fetched),
+        (d) => fetch(ctx, byName(d).ref),
+      );
       return;
     }
     const dev = await ctx.device(args[0]);
