@@ -151,13 +151,13 @@ function execFor(ctx: Ctx, name: string): Promise<void> {
 
 export const ls: Handler = async (ctx, _args, st) => {
   const sw = ctx.sw;
-  if (sw.target !== undefined || sw.exec) {
+  if (sw.target !== undefined || sw.exec !== undefined) {
     await forAll(ctx, false, async (d) => {
       const types = sw.inactive ? d.inactiveTargetTypes : d.liveTargetTypes;
       const matches = sw.target === undefined || types.includes(sw.target);
       if (!matches) return;
-      if (!sw.exec || sw.verbose) ctx.out(formatLsTargetLine(ctx.displayName(d.name), d.major, d.minor));
-      if (sw.exec) await execFor(ctx, d.name);
+      if (sw.exec === undefined || sw.verbose) ctx.out(formatLsTargetLine(ctx.displayName(d.name), d.major, d.minor));
+      if (sw.exec !== undefined) await execFor(ctx, d.name);
     });
     return;
   }
