@@ -96,22 +96,52 @@ class StripedTarget implements Target {
     }
   }
 
-  /** Reads and writes are split at chunk boundaries (the kernel's max_io_len = chunk size). */
+  /**
+   * Reads and writes are split at chunk boundaries (the kernel's max_io_len = chunk size). The chunks a bio
+   * puts on one stripe are consecutive rows there, so they are merged into one device I/O per stripe (what the
+   * kernel's block layer does when it merges the split bios), gathering or scattering the data through a
+   * bounce buffer: one system call per stripe instead of one per chunk.
+   */
   private mapData(bio: Bio): Promise<void> {
     const first = this.mapSector(bio.sector);
     const inChunk = this.chunkSize - (bio.sector % this.chunkSize);
     if (bio.count <= inChunk) {
       return this.submit(first.stripe, { ...bio, sector: (this.stripes[first.stripe]!.physicalStart + first.sector) as Sector });
     }
-    const parts: Promise<void>[] = [];
+    const runs: ({ sector: number; count: number; pieces: { offset: number; count: number }[] } | undefined)[] = [];
     let done = 0;
     while (done < bio.count) {
       const sector = bio.sector + done;
       const m = this.mapSector(sector);
       const count = Math.min(bio.count - done, this.chunkSize - (sector % this.chunkSize));
-      parts.push(this.submit(m.stripe, subBio(bio, (this.stripes[m.stripe]!.physicalStart + m.sector) as Sector, count as Sector, done)));
+      const run = (runs[m.stripe] ??= { sector: this.stripes[m.stripe]!.physicalStart + m.sector, count: 0, pieces: [] });
+      run.pieces.push({ offset: done, count });
+      run.count += count;
       done += count;
     }
+    const parts: Promise<void>[] = [];
+    runs.forEach((run, i) => {
+      if (!run) return;
+      if (run.pieces.length === 1) {
+        parts.push(this.submit(i, subBio(bio, run.sector as Sector, run.count as Sector, run.pieces[0]!.offset)));
+        return;
+      }
+      const data = Buffer.allocUnsafe(run.count * 512);
+      const each = (fn: (src: Buffer, at: number) => void): void => {
+        let at = 0;
+        for (const p of run.pieces) {
+          fn(bio.data!.subarray(p.offset * 512, (p.offset + p.count) * 512), at);
+          at += p.count * 512;
+        }
+      };
+      const merged: Bio = { ...bio, sector: run.sector as Sector, count: run.count as Sector, data };
+      if (bio.op === "write") {
+        each((src, at) => src.copy(data, at));
+        parts.push(this.submit(i, merged));
+      } else {
+        parts.push(this.submit(i, merged).then(() => each((dst, at) => data.copy(dst, 0, at, at + dst.length))));
+      }
+    });
     return this.all(parts);
   }
 
