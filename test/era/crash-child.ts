@@ -5,7 +5,7 @@
  */
 import fs from "node:fs";
 import { makeRegistry } from "../helpers/registry.js";
-import { createEra, eraOf, rng, S, writeBio } from "./helpers.js";
+import { createEra, eraOf, rng, S, statusOf, writeBio } from "./helpers.js";
 
 const [meta, origin, bsText, nrText, seedText] = process.argv.slice(2);
 const blockSize = Number(bsText);
@@ -17,16 +17,26 @@ const reg = makeRegistry();
 const dev = await createEra(reg, "crash", meta!, origin!, nrBlocks * blockSize, blockSize);
 say(`E ${eraOf(dev)}`);
 let n = 0;
+let messaging = false; // one message at a time (the writers share the device)
 async function writer(): Promise<never> {
   for (;;) {
     const b = Math.floor(rand() * nrBlocks);
     const off = Math.floor(rand() * blockSize);
     await dev.submit(writeBio(b * blockSize + off, 1, n & 0xff));
     say(`A ${b}`);
-    if (++n % 97 === 0) {
+    ++n;
+    if (messaging) continue;
+    messaging = true;
+    if (n % 97 === 0) {
       await dev.message(S(0), ["checkpoint"]);
       say(`C ${eraOf(dev)}`);
+    } else if (n % 151 === 0) {
+      // Snapshots too: a held one survives the crash and is dropped by a later run.
+      const held = statusOf(dev).split(" ")[3] !== "-";
+      await dev.message(S(0), [held ? "drop_metadata_snap" : "take_metadata_snap"]);
+      if (!held) say(`C ${eraOf(dev)}`);
     }
+    messaging = false;
   }
 }
 await Promise.all(Array.from({ length: 8 }, writer));

@@ -420,3 +420,34 @@ describe("era counter limit", () => {
     await expectRefCountsClean(meta);
   });
 });
+
+describe("era metadata device failing", () => {
+  it("metadata I/O errors fail the writes that need a commit; acknowledged writes survive; a reload recovers", async () => {
+    const metaFile = makeFile(tmp.dir, "meta", 1 << 20);
+    const origin = makeFile(tmp.dir, "origin", 1 << 20);
+    // The metadata sits on another tsdm device, so its table can be swapped for `error` underneath the era target.
+    const m = reg.create({ name: "m" });
+    await m.load([{ start: S(0), length: S(2048), type: "linear", params: `${metaFile} 0` }], false);
+    await m.resume({ noflush: false });
+    const dev = await createEra(reg, "e", "m", origin, 2048, 8);
+    await dev.submit(writeBio(8 * 3, 8));
+    await dev.submit(writeBio(8 * 4, 8));
+    await m.load([{ start: S(0), length: S(2048), type: "error", params: "" }], false);
+    await m.resume({ noflush: false });
+    await dev.submit(writeBio(8 * 3, 8)); // already recorded in this era: passes straight through
+    await expectDmError(dev.submit(writeBio(8 * 9, 8)), "EIO", /metadata commit failed/);
+    expect(statusOf(dev)).toBe("Error"); // the last commit could not even be re-read
+    await expectDmError(dev.submit(writeBio(8 * 10, 8)), "EIO");
+    // Metadata back; a new era table picks up the last commit.
+    await m.load([{ start: S(0), length: S(2048), type: "linear", params: `${metaFile} 0` }], false);
+    await m.resume({ noflush: false });
+    await dev.load([{ start: S(0), length: S(2048), type: "era", params: `m ${origin} 8` }], false);
+    await dev.resume({ noflush: false });
+    await dev.submit(writeBio(8 * 11, 8));
+    await reg.remove(dev);
+    await reg.remove(m);
+    expect(await invalidateSince(metaFile, 1)).toEqual([3, 4, 11]);
+    await expectEraCheckClean(metaFile);
+    await expectRefCountsClean(metaFile);
+  });
+});
