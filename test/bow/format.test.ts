@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import fc from "fast-check";
 import { crc32Raw, checksumSeed, decodeEntry, decodeHeader, encodeEntry, encodeHeader, logCapacity, MAGIC_BOW, MAGIC_WOB, HEADER_SIZE } from "../../daemon/targets/bow/format.js";
-import { Relocations } from "../../tools/bow-restore/relocations.js";
+import { Relocations } from "../../daemon/targets/bow/relocations.js";
 
 describe("bow on-disk format", () => {
   it.each([

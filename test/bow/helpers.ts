@@ -6,7 +6,7 @@ import type { Bio } from "../../daemon/io/bio.js";
 import type { DeviceRegistry } from "../../daemon/device/registry.js";
 import type { MappedDevice } from "../../daemon/device/mapped-device.js";
 import { FileRawDevice } from "../../tools/bow-restore/raw-device.js";
-import { restoreCheckpoint, type RestoreOptions, type RestoreResult } from "../../tools/bow-restore/restore.js";
+import { restoreCheckpoint, type RestoreOptions, type RestoreResult } from "../../daemon/targets/bow/restore.js";
 
 const S = (n: number) => n as Sector;
 
@@ -70,7 +70,7 @@ export async function expectDmError(p: Promise<unknown>, errno: string, text?: R
 export async function restoreFile(path: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
   const raw = await FileRawDevice.open(path, { readOnly: Boolean(opts.dryRun) });
   try {
-    return restoreCheckpoint(raw, opts);
+    return await restoreCheckpoint(raw, opts);
   } finally {
     raw.close();
   }

@@ -3,7 +3,7 @@ import path from "node:path";
 import { spawn, spawnSync } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { HEADER_SIZE, MAGIC_BOW, MAGIC_WOB, crc32Raw, decodeEntry, decodeHeader, encodeEntry, encodeHeader } from "../../daemon/targets/bow/format.js";
-import { restoreCheckpoint, type RestoreResult } from "../../tools/bow-restore/restore.js";
+import { restoreCheckpoint, type RestoreResult } from "../../daemon/targets/bow/restore.js";
 import { tempDir } from "../helpers/registry.js";
 import { firstDifference } from "./helpers.js";
 import { MemRawDevice, makeCheckpointed, type Checkpointed } from "./workload.js";
@@ -19,14 +19,14 @@ beforeAll(async () => {
   small = await makeCheckpointed(tmp.dir, { blockSize: 512, seed: 7, ops: 60 });
   big = await makeCheckpointed(tmp.dir, { blockSize: 4096, seed: 11, ops: 400, sectors: 16384 });
   const dev = new MemRawDevice(Buffer.from(small.after));
-  expect(restoreCheckpoint(dev).kind).toBe("restored");
+  expect((await restoreCheckpoint(dev)).kind).toBe("restored");
   reference = dev.image;
 });
 afterAll(() => tmp.cleanup());
 
-function restoreMem(image: Buffer, opts: Parameters<typeof restoreCheckpoint>[1] = {}): { result: RestoreResult; image: Buffer } {
+async function restoreMem(image: Buffer, opts: Parameters<typeof restoreCheckpoint>[1] = {}): Promise<{ result: RestoreResult; image: Buffer }> {
   const dev = new MemRawDevice(Buffer.from(image));
-  return { result: restoreCheckpoint(dev, opts), image: dev.image };
+  return { result: await restoreCheckpoint(dev, opts), image: dev.image };
 }
 
 function expectCheckpointImage(c: Checkpointed, image: Buffer): void {
@@ -37,20 +37,20 @@ describe("bow-restore: correctness", () => {
   it.each([
     ["512-byte blocks", () => small],
     ["4096-byte blocks", () => big],
-  ])("%s: random writes all over the device roll back to the checkpoint on every block in use", (_n, get) => {
+  ])("%s: random writes all over the device roll back to the checkpoint on every block in use", async (_n, get) => {
     const c = get();
     expect(decodeHeader(c.after).magic).toBe(MAGIC_BOW);
-    const { result, image } = restoreMem(c.after);
+    const { result, image } = await restoreMem(c.after);
     expect(result.kind).toBe("restored");
     expectCheckpointImage(c, image);
     expect(decodeHeader(image).magic).not.toBe(MAGIC_BOW);
     // Running it again finds nothing to do and changes nothing.
-    const again = restoreMem(image);
+    const again = await restoreMem(image);
     expect(again.result.kind).toBe("no-magic");
     expect(again.image.equals(image)).toBe(true);
   });
 
-  it("the workload really exercised the log: several log sectors, backups of backups, the live block 0 moving", () => {
+  it("the workload really exercised the log: several log sectors, backups of backups, the live block 0 moving", async () => {
     const h = decodeHeader(small.after);
     expect(h.sequence).toBeGreaterThanOrEqual(2);
     const sectors: Buffer[] = [];
@@ -75,34 +75,34 @@ describe("bow-restore: correctness", () => {
     expect(s0cMoves).toBeGreaterThan(0);
   });
 
-  it("dry run validates and writes nothing", () => {
-    const { result, image } = restoreMem(big.after, { dryRun: true });
+  it("dry run validates and writes nothing", async () => {
+    const { result, image } = await restoreMem(big.after, { dryRun: true });
     expect(result).toMatchObject({ kind: "checked", valid: true, blockSize: 4096 });
     expect(image.equals(big.after)).toBe(true);
   });
 });
 
 describe("bow-restore: interruption", () => {
-  it("--limit N for every N, then a full run, gives the same image as one uninterrupted restore", () => {
-    const total = (restoreMem(small.after).result as { entries: number }).entries;
+  it("--limit N for every N, then a full run, gives the same image as one uninterrupted restore", async () => {
+    const total = ((await restoreMem(small.after)).result as { entries: number }).entries;
     expect(total).toBeGreaterThan(40);
     for (let n = 1; n < total; n++) {
-      const first = restoreMem(small.after, { limit: n });
+      const first = await restoreMem(small.after, { limit: n });
       expect(first.result).toEqual({ kind: "limit", entries: n });
       expect(decodeHeader(first.image).magic).toBe(MAGIC_WOB);
       const phases: string[] = [];
-      const second = restoreMem(first.image, { onPhase: (p) => phases.push(p) });
+      const second = await restoreMem(first.image, { onPhase: (p) => phases.push(p) });
       expect(second.result).toMatchObject({ kind: "restored", resumed: true });
       expect(phases).toEqual(["restoring"]); // WOB: no validation
       expect(second.image.equals(reference), `limit ${n}`).toBe(true);
     }
   });
 
-  it("a run interrupted one entry at a time still ends with the same image", () => {
+  it("a run interrupted one entry at a time still ends with the same image", async () => {
     let image: Buffer = Buffer.from(small.after);
     let runs = 0;
     for (;;) {
-      const r = restoreMem(image, { limit: 1 });
+      const r = await restoreMem(image, { limit: 1 });
       image = r.image;
       runs++;
       if (r.result.kind !== "limit") break;
@@ -112,44 +112,44 @@ describe("bow-restore: interruption", () => {
   });
 
   for (const dropUnsynced of [false, true]) {
-    it(`a crash at every write and sync (${dropUnsynced ? "unsynced writes lost" : "process kill"}), then a rerun, gives the same image`, () => {
+    it(`a crash at every write and sync (${dropUnsynced ? "unsynced writes lost" : "process kill"}), then a rerun, gives the same image`, async () => {
       const probe = new MemRawDevice(Buffer.from(small.after));
-      restoreCheckpoint(probe);
+      await restoreCheckpoint(probe);
       const steps = probe.steps;
       expect(steps).toBeGreaterThan(150);
       for (let k = 1; k <= steps; k++) {
         const dev = new MemRawDevice(Buffer.from(small.after), k, dropUnsynced);
-        expect(() => restoreCheckpoint(dev)).toThrow(/crash at step/);
+        await expect(restoreCheckpoint(dev)).rejects.toThrow(/crash at step/);
         // A second crash during the resumed run, a few steps later, then a clean run.
         const dev2 = new MemRawDevice(dev.image, 1 + (k % 7), dropUnsynced);
         try {
-          restoreCheckpoint(dev2);
+          await restoreCheckpoint(dev2);
         } catch (err) {
           if (!/crash at step/.test((err as Error).message)) throw err;
         }
-        const final = restoreMem(dev2.image);
+        const final = await restoreMem(dev2.image);
         expect(["restored", "no-magic"]).toContain(final.result.kind);
         expect(final.image.equals(reference), `crash at step ${k}`).toBe(true);
       }
     });
   }
 
-  it("a WOB restore that hits a bad entry fails without rolling forward, and block 0 stays WOB", () => {
-    const first = restoreMem(small.after, { limit: 3 });
+  it("a WOB restore that hits a bad entry fails without rolling forward, and block 0 stays WOB", async () => {
+    const first = await restoreMem(small.after, { limit: 3 });
     // Corrupt the data of an entry not yet restored (entry 0 of the current sector: the previous log sector).
     const img = Buffer.from(first.image);
     const e0 = decodeEntry(img, HEADER_SIZE, 0);
     img[e0.dest * 512 + 100]! ^= 0xff;
     const dev = new MemRawDevice(img);
-    expect(() => restoreCheckpoint(dev)).toThrow(/Checksums don't match/);
+    await expect(restoreCheckpoint(dev)).rejects.toThrow(/Checksums don't match/);
     expect(decodeHeader(dev.image).magic).toBe(MAGIC_WOB);
   });
 });
 
 describe("bow-restore: validation failures roll forward", () => {
   /** Block 0 becomes the live block 0 (sector0), everything else stays as it was. */
-  function expectRolledForward(image: Buffer, mutated: Buffer): void {
-    const { result, image: out } = restoreMem(mutated);
+  async function expectRolledForward(image: Buffer, mutated: Buffer): Promise<void> {
+    const { result, image: out } = await restoreMem(mutated);
     expect(result.kind).toBe("rolled-forward");
     const h = decodeHeader(image);
     const bs = decodeHeader(mutated).blockSize; // vold copies the header's block_size bytes
@@ -164,26 +164,26 @@ describe("bow-restore: validation failures roll forward", () => {
     return img;
   }
 
-  it("corrupt backup data (checksum mismatch)", () => {
+  it("corrupt backup data (checksum mismatch)", async () => {
     const img = editLog((b) => {
       const h = decodeHeader(b);
       const e = decodeEntry(b, HEADER_SIZE, h.count - 1);
       b[e.dest * 512 + 7]! ^= 0x01;
     });
-    expectRolledForward(small.after, img);
+    await expectRolledForward(small.after, img);
   });
 
-  it("a checksum of 0 is never checked", () => {
+  it("a checksum of 0 is never checked", async () => {
     const img = editLog((b) => {
       const h = decodeHeader(b);
       const e = decodeEntry(b, HEADER_SIZE, h.count - 1);
       encodeEntry({ ...e, checksum: 0 }, b, h.count - 1);
       b[e.dest * 512 + 7]! ^= 0x01;
     });
-    expect(restoreMem(img).result.kind).toBe("restored");
+    expect((await restoreMem(img)).result.kind).toBe("restored");
   });
 
-  it("a broken sequence chain (previous log sector with the wrong sequence, checksum fixed up)", () => {
+  it("a broken sequence chain (previous log sector with the wrong sequence, checksum fixed up)", async () => {
     const img = editLog((b) => {
       const e0 = decodeEntry(b, HEADER_SIZE, 0);
       const prev = b.subarray(e0.dest * 512, e0.dest * 512 + 512);
@@ -191,7 +191,7 @@ describe("bow-restore: validation failures roll forward", () => {
       encodeHeader({ ...ph, sequence: ph.sequence + 5 }, prev);
       encodeEntry({ ...e0, checksum: crc32Raw(0, prev) }, b, 0);
     });
-    expectRolledForward(small.after, img);
+    await expectRolledForward(small.after, img);
   });
 
   it.each([
@@ -200,8 +200,8 @@ describe("bow-restore: validation failures roll forward", () => {
     ["count 0", (b: Buffer) => b.writeUInt32LE(0, 12)],
     ["count beyond the block", (b: Buffer) => b.writeUInt32LE(21, 12)],
     ["block_size differing from the previous sectors'", (b: Buffer) => b.writeUInt32LE(1024, 8)],
-  ])("%s", (_what, edit) => {
-    expectRolledForward(small.after, editLog(edit));
+  ])("%s", async (_what, edit) => {
+    await expectRolledForward(small.after, editLog(edit));
   });
 
   it.each([
@@ -209,32 +209,32 @@ describe("bow-restore: validation failures roll forward", () => {
     ["size + block_size overflowing u32", (e: ReturnType<typeof decodeEntry>) => ({ ...e, size: 0xffffffff - 100 })],
     ["dest beyond the device end", (e: ReturnType<typeof decodeEntry>) => ({ ...e, dest: 1e9 })],
     ["source beyond the device end", (e: ReturnType<typeof decodeEntry>) => ({ ...e, source: 1e9, checksum: 0 })],
-  ])("%s", (_what, change) => {
+  ])("%s", async (_what, change) => {
     const img = editLog((b) => {
       const h = decodeHeader(b);
       encodeEntry(change(decodeEntry(b, HEADER_SIZE, h.count - 1)), b, h.count - 1);
     });
-    expectRolledForward(small.after, img);
+    await expectRolledForward(small.after, img);
   });
 
-  it("a short device (image truncated below the backups)", () => {
+  it("a short device (image truncated below the backups)", async () => {
     const h = decodeHeader(big.after);
     const dests = Array.from({ length: h.count }, (_, i) => decodeEntry(big.after, HEADER_SIZE, i).dest);
     const cut = Math.max(...dests) * 512;
     expect(cut).toBeGreaterThan(h.sector0 * 512);
     const img = Buffer.from(big.after.subarray(0, cut));
-    const { result, image } = restoreMem(img);
+    const { result, image } = await restoreMem(img);
     expect(result.kind).toBe("rolled-forward");
     expect(image.subarray(0, 4096).equals(img.subarray(h.sector0 * 512, h.sector0 * 512 + 4096))).toBe(true);
   });
 
-  it("block_size below 28 is refused outright; no magic is a no-op", () => {
+  it("block_size below 28 is refused outright; no magic is a no-op", async () => {
     const img = editLog((b) => b.writeUInt32LE(16, 8));
     const dev = new MemRawDevice(img);
-    expect(() => restoreCheckpoint(dev)).toThrow(/too small/);
+    await expect(restoreCheckpoint(dev)).rejects.toThrow(/too small/);
     expect(dev.image.equals(img)).toBe(true);
     const plain = Buffer.alloc(8192, 0x5a);
-    expect(restoreMem(plain).result).toEqual({ kind: "no-magic", magic: 0x5a5a5a5a });
+    expect((await restoreMem(plain)).result).toEqual({ kind: "no-magic", magic: 0x5a5a5a5a });
   });
 });
 
@@ -242,7 +242,7 @@ describe("tsdm bow-restore CLI", () => {
   const tsdm = (args: string[]) =>
     spawnSync(process.execPath, ["--import", "tsx", path.join(ROOT, "tools/tsdm.ts"), "bow-restore", ...args], { cwd: ROOT, encoding: "utf8" });
 
-  it("--check, restore, then nothing to do; exit codes; roll forward exits 2", () => {
+  it("--check, restore, then nothing to do; exit codes; roll forward exits 2", async () => {
     const f = path.join(tmp.dir, "cli.img");
     fs.writeFileSync(f, small.after);
     let r = tsdm(["--check", f]);
@@ -277,7 +277,7 @@ describe("tsdm bow-restore CLI", () => {
 
   it("kill -9 at chosen writes and syncs, then a rerun: the same image", async () => {
     const probe = new MemRawDevice(Buffer.from(small.after));
-    restoreCheckpoint(probe);
+    await restoreCheckpoint(probe);
     const steps = probe.steps;
     // A spread of crash points: early (before/after the first WOB), mid-sector, and at sequence hand-overs.
     const points = [1, 3, 5, Math.floor(steps / 3), Math.floor(steps / 2), steps - 1];

@@ -527,6 +527,29 @@ describe("bow: status and removal", () => {
     expect(fs.readFileSync(f).equals(orig)).toBe(true);
   });
 
+  it("a table brought back after a daemon restart rolls an open checkpoint back; a user's load leaves the log", async () => {
+    const f = sectorFile();
+    const orig = fs.readFileSync(f);
+    const dev = await createBow(reg, "b", f, 4096);
+    await discard(dev, 1000, 100);
+    await setState(dev, "1");
+    await write(dev, 0, pattern(1, 1));
+    await write(dev, 10, pattern(20, 2));
+    await reg.remove(dev); // the daemon "dies" in state 1
+    const line = { start: S(0), length: S(4096), type: "bow", params: f };
+    const user = reg.create({ name: "u" });
+    await user.load([line], false);
+    expect(decodeHeader(readFileRange(f, 0, 1)).magic).toBe(MAGIC_BOW); // untouched: warned only
+    await user.clear();
+    await reg.remove(user);
+    const back = reg.create({ name: "b" });
+    await back.load([line], false, { restoring: true });
+    await back.resume({ noflush: false });
+    const now = fs.readFileSync(f);
+    expect(now.subarray(0, 1000 * 512).equals(orig.subarray(0, 1000 * 512))).toBe(true);
+    expect(await state(back)).toBe(0);
+  });
+
   it("a table reload keeps the device usable and tables round-trip", async () => {
     const f = makeFile(tmp.dir, "d", 1 << 20);
     const dev = await createBow(reg, "b", f, 2048, "1 block_size:2048");

@@ -2,8 +2,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { makeRegistry } from "../helpers/registry.js";
 import { DmError } from "../../daemon/core/errors.js";
-import type { RawDevice } from "../../tools/bow-restore/raw-device.js";
-import { ShortReadError, ShortWriteError } from "../../tools/bow-restore/raw-device.js";
+import { ShortReadError, ShortWriteError, type RawDevice } from "../../daemon/targets/bow/raw-device.js";
 import { createBow, discard, pattern, rng, setState, write } from "./helpers.js";
 
 /**

@@ -2,7 +2,7 @@ import fs from "node:fs";
 import { Command, CommanderError, Option } from "commander";
 import cliProgress from "cli-progress";
 import { FileRawDevice, type StepHook } from "./raw-device.js";
-import { restoreCheckpoint, type RestoreResult } from "./restore.js";
+import { restoreCheckpoint, type RestoreResult } from "../../daemon/targets/bow/restore.js";
 
 /**
  * `tsdm bow-restore DEVICE|IMAGE`: roll a device back to its dm-bow checkpoint, as vold's
@@ -53,7 +53,7 @@ export async function run(argv: string[]): Promise<number> {
   const tty = Boolean(process.stderr.isTTY) && !opts.quiet && !opts.stepGate;
   let bar: cliProgress.SingleBar | undefined;
   try {
-    const result = restoreCheckpoint(dev, {
+    const result = await restoreCheckpoint(dev, {
       dryRun,
       limit: opts.limit,
       onPhase: (phase) => {

@@ -1,31 +1,12 @@
 import fs from "node:fs";
+import { ShortReadError, ShortWriteError, type RawDevice } from "../../daemon/targets/bow/raw-device.js";
 
-/**
- * The lower device (or an image of it) as vold sees it during a restore: synchronous positioned reads and
- * writes, and fsync. The restore runs before anything else uses the device, so plain blocking I/O is right.
- */
-export interface RawDevice {
-  readonly path: string;
-  /** Size in bytes. */
-  readonly size: number;
-  /** Exactly `length` bytes at `pos`; throws ShortReadError when the device ends first. */
-  read(pos: number, length: number): Buffer;
-  write(pos: number, data: Buffer): void;
-  sync(): void;
-  close(): void;
-}
-
-export class ShortReadError extends Error {
-  override readonly name = "ShortReadError";
-}
-
-export class ShortWriteError extends Error {
-  override readonly name = "ShortWriteError";
-}
+export { ShortReadError, ShortWriteError, type RawDevice };
 
 /** Observer of every write and sync, in order (the hidden stepping hook used by crash tests). */
 export type StepHook = (what: "write" | "sync", pos: number, length: number) => void;
 
+/** A file or block device, with blocking I/O: the restore runs before anything else uses the device. */
 export class FileRawDevice implements RawDevice {
   private constructor(
     readonly path: string,

@@ -4,12 +4,14 @@ import { DmError } from "../../core/errors.js";
 import type { Sector } from "../../core/units.js";
 import type { Target, TargetContext, TargetType } from "../target.js";
 import { invalid } from "../args.js";
-import { MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, checksumSeed, crc32Raw, isPowerOfTwo, type LogEntry } from "./format.js";
+import { MAGIC_BOW, MAGIC_WOB, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, checksumSeed, crc32Raw, isPowerOfTwo, type LogEntry } from "./format.js";
 import { RangeMap, type RangeType } from "./range-map.js";
 import { RangeLocks, type Interval, type LockHolder } from "./range-locks.js";
 import { FlushCoalescer } from "./flusher.js";
 import { BowLog } from "./log.js";
 import { StateGate } from "./gate.js";
+import { restoreCheckpoint, type RestoreResult } from "./restore.js";
+import { BlockDeviceRaw } from "./block-device-raw.js";
 
 /**
  * Android dm-bow 1.2.0 ("backup on write"): `bow <dev> [1 block_size:N]`.
@@ -56,9 +58,37 @@ export const bowTarget: TargetType = {
     const spb = blockSize / 512;
     if (length % spb !== 0) throw invalid(`Target length ${length} is not a multiple of the block size (${spb} sectors)`);
     if (length > dev.size) throw invalid(`Device ${args[0]} too small for target: len=${length}, dev_size=${dev.size}`);
+    await checkForLog(ctx, dev, args[0]!, blockSize);
     return new BowTarget(ctx, dev, args.slice(), blockSize, length);
   },
 };
+
+/**
+ * A log still on the device means the last checkpoint was neither committed nor rolled back. When the daemon
+ * brings a table back after a restart (kill -9 or clean), that restart is this device's reboot: like fs_mgr at
+ * every boot, roll the checkpoint back (vold's restore) before serving I/O, since the range map that state 1
+ * needs is gone and state-0 writes would overwrite the log. A table a user loads gets a warning only, as the
+ * kernel does not look at all (Android restores before creating the device).
+ */
+async function checkForLog(ctx: TargetContext, dev: BlockDevice, name: string, blockSize: number): Promise<void> {
+  const head = Buffer.alloc(blockSize);
+  await dev.submit({ op: "read", sector: 0 as Sector, count: (blockSize / 512) as Sector, data: head, fua: false });
+  const magic = head.readUInt32LE(0);
+  if (magic !== MAGIC_BOW && magic !== MAGIC_WOB) return;
+  const what = magic === MAGIC_BOW ? "an uncommitted checkpoint log (BOW)" : "an interrupted restore (WOB)";
+  if (!ctx.restoring) {
+    ctx.log("warn", `${name} carries ${what}: run 'tsdm bow-restore' on it before using it, or the checkpoint is lost`);
+    return;
+  }
+  ctx.log("warn", `${name} carries ${what} after a restart: rolling the checkpoint back, as a reboot would`);
+  let result: RestoreResult;
+  try {
+    result = await restoreCheckpoint(new BlockDeviceRaw(dev));
+  } catch (err) {
+    throw new DmError("EIO", `bow: rolling back the checkpoint on ${name} failed (run 'tsdm bow-restore' on it): ${(err as Error).message}`);
+  }
+  ctx.log("info", `checkpoint on ${name}: ${result.kind}`, { ...result });
+}
 
 export type BowState = 0 | 1 | 2;
 

@@ -9,7 +9,7 @@ import {
   decodeHeader,
   type LogEntry,
   type LogHeader,
-} from "../../daemon/targets/bow/format.js";
+} from "./format.js";
 import { Relocations } from "./relocations.js";
 import type { RawDevice } from "./raw-device.js";
 
@@ -56,14 +56,14 @@ export class RestoreError extends Error {
 
 const MAX_BLOCK_SIZE = 64 * 1024;
 
-export function restoreCheckpoint(dev: RawDevice, opts: RestoreOptions = {}): RestoreResult {
+export async function restoreCheckpoint(dev: RawDevice, opts: RestoreOptions = {}): Promise<RestoreResult> {
   let validating = true;
   let resumed = false;
   let total = 0;
   let bytes = 0;
   for (;;) {
     const reloc = new Relocations();
-    const orig = decodeHeader(readOrThrow(dev, 0, HEADER_SIZE, "Cannot read sector"));
+    const orig = decodeHeader(await readOrThrow(dev, 0, HEADER_SIZE, "Cannot read sector"));
     if (orig.magic === MAGIC_WOB) {
       validating = false;
       resumed = true;
@@ -78,14 +78,14 @@ export function restoreCheckpoint(dev: RawDevice, opts: RestoreOptions = {}): Re
     if (!validating && resumed) total = Math.max(1, orig.count) + orig.sequence * Math.floor((orig.blockSize - HEADER_SIZE) / ENTRY_SIZE);
     const walk = new Walk(dev, orig, validating, reloc, opts, total);
     try {
-      walk.run();
+      await walk.run();
     } catch (err) {
       if (err instanceof LimitReached) return { kind: "limit", entries: walk.restored };
       const reason = err instanceof Error ? err.message : String(err);
       if (!validating) throw new RestoreError(`restore failed (block 0 stays marked WOB; run again to resume): ${reason}`, { cause: err });
       if (opts.dryRun) return { kind: "checked", valid: false, reason, sector0: orig.sector0 };
       opts.onPhase?.("rolling-forward", orig);
-      rollForward(dev, orig);
+      await rollForward(dev, orig);
       return { kind: "rolled-forward", reason, sector0: orig.sector0 };
     }
     if (!validating) return { kind: "restored", entries: walk.restored, bytes: walk.bytes, resumed, sequence: orig.sequence };
@@ -97,10 +97,10 @@ export function restoreCheckpoint(dev: RawDevice, opts: RestoreOptions = {}): Re
 }
 
 /** Validation failed: keep the post-checkpoint state by putting the live block 0 back. */
-function rollForward(dev: RawDevice, orig: LogHeader): void {
-  const live = readOrThrow(dev, orig.sector0 * 512, orig.blockSize, "Cannot read the live copy of block 0");
-  dev.write(0, live);
-  dev.sync();
+async function rollForward(dev: RawDevice, orig: LogHeader): Promise<void> {
+  const live = await readOrThrow(dev, orig.sector0 * 512, orig.blockSize, "Cannot read the live copy of block 0");
+  await dev.write(0, live);
+  await dev.sync();
 }
 
 class LimitReached extends Error {}
@@ -119,11 +119,11 @@ class Walk {
     private total: number,
   ) {}
 
-  run(): void {
+  async run(): Promise<void> {
     const bs = this.orig.blockSize;
     if (bs > MAX_BLOCK_SIZE || (bs & (bs - 1)) !== 0 || bs < 512) throw new RestoreError(`implausible block_size ${bs}`);
     for (let seq = this.orig.sequence; seq >= 0; seq--) {
-      const ls = this.relocatedRead(0, bs, "Failed to read log sector");
+      const ls = await this.relocatedRead(0, bs, "Failed to read log sector");
       const h = decodeHeader(ls);
       const magicOk = h.magic === MAGIC_BOW || (h.magic === MAGIC_WOB && !this.validating);
       if (!magicOk) throw new RestoreError(`log sector ${seq}: bad magic 0x${h.magic.toString(16)}`);
@@ -137,7 +137,7 @@ class Walk {
         if (!Number.isSafeInteger(e.source) || e.source * 512 + e.size > this.dev.size) {
           throw new RestoreError(`log sector ${seq} entry ${i}: source sector ${e.source} is outside the device`);
         }
-        const buf = this.relocatedRead(e.dest, e.size, `log sector ${seq} entry ${i}: Failed to read sector ${e.dest}`);
+        const buf = await this.relocatedRead(e.dest, e.size, `log sector ${seq} entry ${i}: Failed to read sector ${e.dest}`);
         if (e.checksum !== 0) {
           let crc = checksumSeed(e.source, bs);
           for (let off = 0; off < buf.length; off += bs) crc = crc32Raw(crc, buf.subarray(off, Math.min(buf.length, off + bs)));
@@ -148,22 +148,22 @@ class Walk {
         this.entries++;
         this.bytes += e.size;
         if (this.validating) this.reloc.relocate(e.source, e.dest, Math.ceil(e.size / 512));
-        else this.restoreEntry(ls, seq, i, e, buf);
+        else await this.restoreEntry(ls, seq, i, e, buf);
       }
     }
   }
 
   /** vold's restoreSector: save progress (WOB, count = i+1), then write the old data back. */
-  private restoreEntry(ls: Buffer, seq: number, i: number, e: LogEntry, buf: Buffer): void {
-    this.dev.sync();
+  private async restoreEntry(ls: Buffer, seq: number, i: number, e: LogEntry, buf: Buffer): Promise<void> {
+    await this.dev.sync();
     ls.writeUInt32LE(i + 1, 12);
     ls.writeUInt32LE(MAGIC_WOB, 0);
-    this.dev.write(0, ls);
-    this.dev.sync();
+    await this.dev.write(0, ls);
+    await this.dev.sync();
     // The previous log sector goes back to block 0 marked WOB: a crash from here on resumes without validating.
     if (i === 0 && seq !== 0 && buf.readUInt32LE(0) === MAGIC_BOW) buf.writeUInt32LE(MAGIC_WOB, 0);
-    this.dev.write(e.source * 512, buf);
-    if (i === 0) this.dev.sync();
+    await this.dev.write(e.source * 512, buf);
+    if (i === 0) await this.dev.sync();
     this.restored++;
     this.total = Math.max(this.total, this.restored);
     this.opts.onProgress?.(this.restored, this.total);
@@ -171,32 +171,32 @@ class Walk {
       // Unlike vold (which redoes entry i on the next run), record that entry i is done, so that repeated
       // limited runs make progress. Entry 0 needs nothing: block 0 already holds the previous sector.
       if (i > 0) {
-        this.dev.sync();
+        await this.dev.sync();
         ls.writeUInt32LE(i, 12);
-        this.dev.write(0, ls);
-        this.dev.sync();
+        await this.dev.write(0, ls);
+        await this.dev.sync();
       }
       throw new LimitReached();
     }
   }
 
   /** Validating: each block through the relocation overlay; restoring: a plain read. */
-  private relocatedRead(sector: number, size: number, what: string): Buffer {
+  private async relocatedRead(sector: number, size: number, what: string): Promise<Buffer> {
     if (!this.validating) return readOrThrow(this.dev, sector * 512, size, what);
     const out = Buffer.alloc(size);
     const bs = this.orig.blockSize;
     for (let off = 0; off < size; off += bs) {
       const s = sector + (off / 512);
       const n = Math.min(bs, size - off);
-      readOrThrow(this.dev, this.reloc.phys(s) * 512, n, what).copy(out, off);
+      (await readOrThrow(this.dev, this.reloc.phys(s) * 512, n, what)).copy(out, off);
     }
     return out;
   }
 }
 
-function readOrThrow(dev: RawDevice, pos: number, length: number, what: string): Buffer {
+async function readOrThrow(dev: RawDevice, pos: number, length: number, what: string): Promise<Buffer> {
   try {
-    return dev.read(pos, length);
+    return await dev.read(pos, length);
   } catch (err) {
     throw new RestoreError(`${what}: ${(err as Error).message}`);
   }
