@@ -9,6 +9,7 @@ import { createLogger, type Logger } from "./core/log.js";
 import { DeviceRegistry } from "./device/registry.js";
 import { DeviceStateStore } from "./device/persistence.js";
 import { NbdServer } from "./nbd/server.js";
+import { NodeManager } from "./attach/node-manager.js";
 import { registerBuiltinTargets } from "./targets/all.js";
 
 export const VERSION = "0.1.0";
@@ -40,11 +41,20 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
   const nbd = new NbdServer({ registry, log: log.child({ component: "nbd" }), maxConnections: config.nbdMaxConnections });
   await nbd.listenUnix(config.nbdSocket);
   if (config.nbdListen) await nbd.listenTcp(config.nbdListen.host, config.nbdListen.port);
+  // Kernel block devices behind $DM_DEV_DIR/mapper/NAME (--attach: ublk > kernel nbd > nbdfuse + loop).
+  const nodes = await NodeManager.start({
+    registry,
+    mode: config.attach,
+    runDir: path.join(config.stateDir, "attach"),
+    exportOf: (d) => ({ socket: path.resolve(config.nbdSocket), name: d.name }),
+    log: log.child({ component: "attach" }),
+  });
 
   const audit = new AuditLog(path.join(config.stateDir, "audit.log"));
   const nbdSocket = path.resolve(config.nbdSocket);
   const api = new ApiServer({
     registry,
+    nodes,
     version: VERSION,
     log: log.child({ component: "api" }),
     persist: () => store.commit(),
@@ -68,6 +78,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
       api.health.setStatus("", "NOT_SERVING");
       store.stop(); // the teardown below must not erase what the next start restores
       await api.close();
+      await nodes.stop(); // before the NBD server goes: the kernel nodes' I/O runs through it
       await nbd.close();
       // Tear devices down from the top of each stack: targets write their final state (dtr).
       for (let progress = true; progress && registry.list().length > 0; ) {

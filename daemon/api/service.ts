@@ -26,6 +26,8 @@ export interface NodeInfoSource {
   /** EBUSY reason when the attached node is mounted or held open, else undefined. */
   busyReason?(dev: MappedDevice): Promise<string | undefined>;
   repair?(devices?: MappedDevice[]): Promise<void>;
+  /** Resolves once node work for `dev` (attach, rename) is done: calls return with /dev/mapper/NAME in place, as dmsetup does after udev. */
+  settle?(dev: MappedDevice): Promise<void>;
 }
 
 export interface ServiceOptions {
@@ -103,7 +105,7 @@ export function createService(opts: ServiceOptions): DeviceMapperServiceServer {
       readOnly: dev.readOnly,
       liveTable: dev.live !== undefined,
       inactiveTable: dev.inactive !== undefined,
-      openCount: dev.openCount,
+      openCount: registry.userOpenCount(dev),
       eventNr: dev.eventNr,
       targetCount: (inactive ? dev.inactive?.targetCount : dev.live?.targetCount) ?? 0,
       deferredRemove: dev.deferredRemove,
@@ -135,6 +137,7 @@ export function createService(opts: ServiceOptions): DeviceMapperServiceServer {
         if (err instanceof DmError) devnoTag.set(err, `${DM_MAJOR}:${dev.minor}`);
         throw err;
       }
+      await opts.nodes?.settle?.(dev);
       return { device: info(dev) };
     }),
 
@@ -159,6 +162,7 @@ export function createService(opts: ServiceOptions): DeviceMapperServiceServer {
     resumeDevice: unary("resume", async (req) => {
       const dev = lookup(req.device);
       await dev.serialize(() => dev.resume({ noflush: req.noflush }));
+      await opts.nodes?.settle?.(dev);
       return { device: info(dev) };
     }),
 
@@ -177,9 +181,9 @@ export function createService(opts: ServiceOptions): DeviceMapperServiceServer {
       while (progress) {
         progress = false;
         for (const dev of registry.list()) {
-          if (dev.deferredRemove && dev.openCount > 0) continue;
+          if (dev.deferredRemove && registry.userOpenCount(dev) > 0) continue;
           const busy = await opts.nodes?.busyReason?.(dev);
-          if (busy || dev.openCount > 0) continue;
+          if (busy || registry.userOpenCount(dev) > 0) continue;
           await registry.remove(dev, { force: req.force }).then(
             () => {
               removed.push(dev.name);
@@ -202,6 +206,7 @@ export function createService(opts: ServiceOptions): DeviceMapperServiceServer {
       if (!change) throw new DmError("EINVAL", "nothing to rename");
       if (change.$case === "newName") registry.rename(dev, change.value);
       else registry.setUuid(dev, change.value);
+      await opts.nodes?.settle?.(dev);
       return { device: info(dev) };
     }),
 

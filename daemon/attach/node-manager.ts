@@ -76,9 +76,14 @@ export class NodeManager implements ExternalHolder {
     if (!attacher && opts.mode !== "none") {
       fs.mkdirSync(opts.runDir, { recursive: true, mode: 0o700 });
       const choice = chooseAttacher(opts.mode, { runDir: fs.realpathSync(opts.runDir), log: opts.log });
-      if ("error" in choice) throw new DmError("ENODEV", choice.error);
-      attacher = choice.attacher;
-      opts.log.info("kernel block devices attach via " + attacher.method, { method: attacher.method, why: choice.why });
+      if ("error" in choice) {
+        // auto means "whatever works here": a machine with none of the paths still serves NBD exports.
+        if (opts.mode !== "auto") throw new DmError("ENODEV", choice.error);
+        opts.log.warn("no kernel attach method available; devices are served as NBD exports only", { why: choice.error });
+      } else {
+        attacher = choice.attacher;
+        opts.log.info("kernel block devices attach via " + attacher.method, { method: attacher.method, why: choice.why });
+      }
     }
     const mgr = new NodeManager(opts, attacher);
     await attacher?.cleanupStale?.();

@@ -89,7 +89,9 @@ export async function startDaemon(opts: DaemonOptions = {}): Promise<TestDaemon>
 
   const launch = async (): Promise<void> => {
     logText = "";
-    proc = spawn(process.execPath, [BIN.tsdmd, "--socket", socket, "--nbd-socket", nbdSocket, "--state-dir", stateDir, ...(opts.args ?? [])], {
+    // No kernel block devices unless a test asks (--attach ...): attaching costs a FUSE mount + loop device per device.
+    const attach = opts.args?.includes("--attach") ? [] : ["--attach", "none"];
+    proc = spawn(process.execPath, [BIN.tsdmd, "--socket", socket, "--nbd-socket", nbdSocket, "--state-dir", stateDir, ...attach, ...(opts.args ?? [])], {
       env,
       stdio: ["ignore", "pipe", "pipe"],
     });
