@@ -104,8 +104,10 @@ function toDaemonError(err: ServiceError): DaemonError {
   const m = devnoText ? /^(\d+):(\d+)$/.exec(devnoText) : null;
   const devno = m ? { major: Number(m[1]), minor: Number(m[2]) } : undefined;
   // Refusals by the daemon's authorization layer carry no errno: the kernel's answer would be EACCES.
+  // A daemon without the call answers like a kernel without the ioctl.
   const denied = err.code === status.PERMISSION_DENIED || err.code === status.UNAUTHENTICATED;
-  return new DaemonError(err.code, get("tsdm-errno") ?? (denied ? "EACCES" : "EIO"), get("tsdm-op"), devno, err.details ?? err.message);
+  const fallback = denied ? "EACCES" : err.code === status.UNIMPLEMENTED ? "ENOTTY" : "EIO";
+  return new DaemonError(err.code, get("tsdm-errno") ?? fallback, get("tsdm-op"), devno, err.details ?? err.message);
 }
 
 /** The gRPC client with promise-returning calls; every failure becomes a DaemonError. */
