@@ -69,7 +69,7 @@ export class Connection {
   /** The pooled buffer the payload is assembled in, when it spans chunks. */
   private wBuf: Buffer | undefined;
   private wFill = 0;
-  /** Payload bytes still to drop (a refused WRITE), and the reply to send once they are gone. */
+  /** Payload bytes of a refused WRITE still to drop (its error reply has already been sent). */
   private skipLeft = 0;
 
   private inflight = 0;
