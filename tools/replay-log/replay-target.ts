@@ -1,5 +1,4 @@
 import fs from "node:fs";
-import { native } from "../../daemon/io/native.js";
 
 /** A failure writing the replay target. */
 export class ReplayWriteError extends Error {
@@ -47,6 +46,8 @@ export class ReplayTarget {
     for (let done = 0; done < len; ) {
       const chunk = Math.min(DISCARD_CHUNK, len - done);
       if (this.discardWorks) {
+        // Loaded on first use: reading, finding and plain replays need no native code.
+        const { native } = await import("../../daemon/io/native.js");
         try {
           await (this.isBlockDevice ? native.blkDiscard(this.fd, offset + done, chunk) : native.punchHole(this.fd, offset + done, chunk));
         } catch {
