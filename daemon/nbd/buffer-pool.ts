@@ -8,12 +8,14 @@
 const HEADROOM = 64;
 const MIN_CLASS = 12; // 4 KiB
 const MAX_CLASS = 25; // 32 MiB: the largest payload
-/** Bytes kept per class; beyond that, returned buffers are left to the GC. */
+/** Bytes kept per class and in all; beyond that, returned buffers are left to the GC. */
 const KEEP_BYTES_PER_CLASS = 48 << 20;
+const KEEP_BYTES_TOTAL = 128 << 20;
 const KEEP_MAX_PER_CLASS = 512;
 
 export class BufferPool {
   private readonly free: Buffer[][] = [];
+  private kept = 0;
 
   constructor() {
     for (let c = 0; c <= MAX_CLASS; c++) this.free.push([]);
@@ -23,7 +25,12 @@ export class BufferPool {
   get(size: number): Buffer {
     const c = classOf(size);
     if (c > MAX_CLASS) return Buffer.allocUnsafeSlow(size);
-    return this.free[c]!.pop() ?? Buffer.allocUnsafeSlow((1 << c) + HEADROOM);
+    const b = this.free[c]!.pop();
+    if (b) {
+      this.kept -= b.length;
+      return b;
+    }
+    return Buffer.allocUnsafeSlow((1 << c) + HEADROOM);
   }
 
   /** Give back a buffer obtained from get() (the whole buffer, not a slice of it). */
@@ -31,7 +38,10 @@ export class BufferPool {
     const c = classOf(b.length);
     if (c > MAX_CLASS || b.length !== (1 << c) + HEADROOM) return;
     const list = this.free[c]!;
-    if (list.length < KEEP_MAX_PER_CLASS && (list.length + 1) * b.length <= KEEP_BYTES_PER_CLASS) list.push(b);
+    if (list.length >= KEEP_MAX_PER_CLASS || (list.length + 1) * b.length > KEEP_BYTES_PER_CLASS) return;
+    if (this.kept + b.length > KEEP_BYTES_TOTAL) return;
+    this.kept += b.length;
+    list.push(b);
   }
 }
 
