@@ -38,7 +38,7 @@ import {
   type WaitEventRequest,
   type WaitEventResponse,
 } from "../gen/tsdm/v1/tsdm.js";
-import { resolveSocketPath } from "./defaults.js";
+import { defaultSocketPath } from "./defaults.js";
 
 /** Where and how to reach tsdmd: a unix socket (default) or TCP with mutual TLS. */
 export type Endpoint =
@@ -87,7 +87,7 @@ export function resolveEndpoint(flags: { socket?: string; host?: string; ca?: st
     };
     return { kind: "tls", host, ca: read("ca", flags.ca ?? env.TSDM_CA), cert: read("cert", flags.cert ?? env.TSDM_CERT), key: read("key", flags.key ?? env.TSDM_KEY) };
   }
-  return { kind: "unix", path: flags.socket ?? env.TSDM_SOCKET ?? resolveSocketPath() };
+  return { kind: "unix", path: flags.socket ?? env.TSDM_SOCKET ?? defaultSocketPath() };
 }
 
 export const describeEndpoint = (e: Endpoint): string => (e.kind === "unix" ? e.path : e.host);
@@ -95,7 +95,8 @@ export const describeEndpoint = (e: Endpoint): string => (e.kind === "unix" ? e.
 type Callback<Res> = (err: ServiceError | null, res: Res) => void;
 type Unary<Req, Res> = (req: Req, md: Metadata, opts: object, cb: Callback<Res>) => unknown;
 
-function toDaemonError(err: ServiceError): DaemonError {
+/** A gRPC failure as dmsetup needs it: errno, dm step, device number (trailers set by tsdmd). */
+export function toDaemonError(err: ServiceError): DaemonError {
   const get = (k: string): string | undefined => {
     const v = err.metadata?.get(k)?.[0];
     return v === undefined ? undefined : String(v);
