@@ -56,7 +56,9 @@ mark_boot_attempt() {
 init() {
   say "creating $IMG (${SIZE_MB} MiB ext4) with some original files"
   rm -f "$IMG"; truncate -s "${SIZE_MB}M" "$IMG"
-  mkfs.ext4 -q -F -b 4096 -E nodiscard "$IMG"
+  # No lazy inode-table init: ext4lazyinit zeroes tables after mount, and through loop+nbdfuse that zeroing
+  # arrives as an NBD TRIM, which bow (state 0) would take for free space. See docs/bow.md.
+  mkfs.ext4 -q -F -b 4096 -E nodiscard,lazy_itable_init=0,lazy_journal_init=0 "$IMG"
   local sectors=$(( $(stat -c %s "$IMG") / 512 / 8 * 8 ))
   dm create data --table "0 $sectors linear $IMG 0"
   wait_node data; mkdir -p "$MNT"; mount "$(node_path data)" "$MNT"
