@@ -39,6 +39,17 @@ export async function execOk(cmd: string, args: readonly string[], errno: Errno 
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** `p`'s outcome if it settles within `ms`, else false; the timer never outlives the race (daemon exit). */
+export async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<boolean>((r) => (timer = setTimeout(() => r(false), ms)));
+  try {
+    return await Promise.race([p.then(() => true), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Poll `probe` until it returns a value (not undefined) or `timeoutMs` passes. */
 export async function waitFor<T>(probe: () => T | undefined | Promise<T | undefined>, timeoutMs: number, stepMs = 20): Promise<T | undefined> {
   const deadline = Date.now() + timeoutMs;

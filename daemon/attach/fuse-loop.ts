@@ -3,7 +3,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { DmError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
-import { execOk, execTool, sleep, waitFor } from "./exec.js";
+import { execOk, execTool, settlesWithin, sleep, waitFor } from "./exec.js";
 import { sysBlockDevno } from "./kernel-dev.js";
 import type { Attacher, Attachment, AttachRequest, KernelNode } from "./types.js";
 
@@ -158,11 +158,11 @@ async function detachLoop(loop: string, file: string, log: Logger): Promise<void
 /** Unmount the FUSE file system (nbdfuse then exits) and remove the mount point and pid file. */
 async function stopFuse(f: FuseServer, log: Logger): Promise<void> {
   await teardownMountDir(f.dir, log);
-  const gone = await Promise.race([f.exited.then(() => true), sleep(5_000).then(() => false)]);
+  const gone = await settlesWithin(f.exited, 5_000);
   if (!gone) {
     log.warn("nbdfuse did not exit after unmount; terminating it", { pid: f.proc.pid });
     f.proc.kill("SIGTERM");
-    await Promise.race([f.exited, sleep(2_000)]);
+    await settlesWithin(f.exited, 2_000);
     if (f.proc.exitCode === null && f.proc.signalCode === null) f.proc.kill("SIGKILL");
     await f.exited;
   }
