@@ -49,7 +49,7 @@ export class RangeMap {
     this.rangeCount = 1;
   }
 
-  /** Bytes-independent count of Free blocks. */
+  /** Number of Free blocks (exact). */
   get freeBlocks(): number {
     return this.freeCount;
   }
