@@ -154,7 +154,8 @@ export async function buildTree(ctx: Ctx): Promise<DepTree> {
   const nodes: TreeNode[] = [];
   const byName = new Map<string, TreeNode>();
   const nodeFor = (major: number, minor: number, name: string, blk: string): TreeNode => {
-    const key = `${major}:${minor}`;
+    // file-backed devices have no device number (0:0): tell them apart by path
+    const key = major === 0 && minor === 0 ? `file:${blk}` : `${major}:${minor}`;
     let n = byDevno.get(key);
     if (!n) {
       n = { name, major, minor, blkdevname: blk, uses: [], usedBy: [] };

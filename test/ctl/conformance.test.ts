@@ -432,6 +432,19 @@ describe("ls, table, status, deps (items 21-25)", () => {
   });
 });
 
+describe("file-backed devices", () => {
+  it("deps and the tree name backing files by path", async () => {
+    const a = path.join(d.dir, "fa.img");
+    const b = path.join(d.dir, "fb.img");
+    fs.writeFileSync(a, Buffer.alloc(8 * 512));
+    fs.writeFileSync(b, Buffer.alloc(8 * 512));
+    await ok(["create", "fa", "--table", `0 8 linear ${a} 0`]);
+    await ok(["create", "fb", "--table", `0 8 linear ${b} 0`]);
+    await ok(["deps", "-o", "blkdevname", "fa"], `1 dependencies\t: (${a})\n`);
+    await ok(["ls", "--tree", "-o", "ascii,blkdevname"], `fa <dm-0> (253:0)\n \`- <${a}> (0:0)\nfb <dm-1> (253:1)\n \`- <${b}> (0:0)\n`);
+  });
+});
+
 describe("targets and version (items 26-27)", () => {
   it("targets lines and target-version", async () => {
     const r = await ts(["targets"]);
