@@ -83,4 +83,18 @@ describe.runIf(process.getuid?.() === 0)("tsdmd --attach fuse", () => {
     expect(attachLeftovers(runDir)).toEqual([]);
     expect(fs.existsSync(mapper("z1")) || fs.existsSync(mapper("l1"))).toBe(false);
   });
+
+  it("restored devices are attached again at start; after a crash (SIGKILL) the leftovers are cleaned up and replaced", async () => {
+    await d.restart();
+    const loops = (): string[] => attachLeftovers(runDir).filter((l) => l.startsWith("loop "));
+    expect(fs.statSync(mapper("z1")).isBlockDevice() && fs.statSync(mapper("l1")).isBlockDevice()).toBe(true);
+    expect(loops()).toHaveLength(2);
+    await d.kill();
+    expect(loops()).toHaveLength(2); // the dead daemon's nbdfuse + loop devices are still there
+    await d.restart();
+    expect(loops()).toHaveLength(2); // replaced, not doubled
+    await sh(`dd if=${mapper("l1")} of=/dev/null bs=64k count=16 iflag=direct status=none`);
+    expect(await d.stop()).toBe(0);
+    expect(attachLeftovers(runDir)).toEqual([]);
+  });
 });

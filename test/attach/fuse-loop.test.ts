@@ -55,7 +55,7 @@ describe.runIf(process.getuid?.() === 0)("fuse + loop attach", () => {
     server = new NbdServer({ registry, log: silentLogger });
     const sock = path.join(tmp.dir, "nbd.sock");
     await server.listenUnix(sock);
-    nodes = await NodeManager.start({ registry, mode: "fuse", runDir, log: silentLogger, exportOf: (d) => ({ socket: sock, name: d.name }) });
+    nodes = await NodeManager.start({ registry, mode: "fuse", runDir, log: silentLogger, deferredPollMs: 100, exportOf: (d) => ({ socket: sock, name: d.name }) });
   });
 
   afterAll(async () => {
@@ -213,6 +213,21 @@ describe.runIf(process.getuid?.() === 0)("fuse + loop attach", () => {
     expect(fs.existsSync(mapper("vol"))).toBe(false);
     expect(fs.existsSync(`/sys/block/${path.basename(loop)}/loop/backing_file`)).toBe(false);
     expect(attachLeftovers(runDir)).toEqual([]);
+  });
+
+  it("a deferred remove of an open device completes once it is closed", async () => {
+    const dev = await create("later", [{ start: 0, length: 16 * 2048, type: "zero", params: "" }]);
+    // A zero target cannot hold a file system: hold the node open with a process instead.
+    const holder = run("sh", ["-c", `exec 3<${mapper("later")}; exec sleep 30`]);
+    const pid = await waitForProcessHolding(mapper("later"));
+    expect(await registry.remove(dev, { deferred: true })).toEqual({ deferred: true });
+    expect(registry.find({ name: "later" })).toBe(dev);
+    process.kill(pid, "SIGKILL");
+    await holder;
+    for (let i = 0; i < 200 && registry.find({ name: "later" }); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(registry.find({ name: "later" })).toBeUndefined();
+    await nodes.settle(dev);
+    expect(fs.existsSync(mapper("later"))).toBe(false);
   });
 
   it("follows renames, attaches read-only devices read-only, and repairs deleted nodes", async () => {
