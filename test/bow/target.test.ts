@@ -6,6 +6,12 @@ import type { MappedDevice } from "../../daemon/device/mapped-device.js";
 import type { Sector } from "../../daemon/core/units.js";
 import { MAGIC_BOW, crc32Raw, decodeEntry, decodeHeader, HEADER_SIZE } from "../../daemon/targets/bow/format.js";
 import { makeFile, makeRegistry, tempDir } from "../helpers/registry.js";
+import { DmError } from "../../daemon/core/errors.js";
+import type { Bio } from "../../daemon/io/bio.js";
+import type { BlockDevice } from "../../daemon/io/block-device.js";
+import { FileDevice } from "../../daemon/io/file-device.js";
+import type { TargetContext } from "../../daemon/targets/target.js";
+import { bowTarget } from "../../daemon/targets/bow/index.js";
 import { createBow, discard, expectDmError, free, pattern, ranges, read, readFileRange, restoreFile, setState, state, write } from "./helpers.js";
 
 const S = (n: number) => n as Sector;
@@ -217,6 +223,40 @@ describe("bow: entering state 1", () => {
     for (let i = 0; i < 5; i++) await write(dev, 200 + i, pattern(1, 10 + i));
     expect(readFileRange(f, 50, 1).equals(pattern(1, 1))).toBe(true);
     expect((await read(dev, 0, 1)).equals(pattern(1, 1))).toBe(true);
+  });
+});
+
+describe("bow: crashes around entering state 1", () => {
+  it("the lower device failing writes during 0→1: EIO, state 0, map unchanged, no log on disk", async () => {
+    const f = sectorFile();
+    const orig = fs.readFileSync(f);
+    const lower = reg.create({ name: "lower" });
+    // flakey with up 0 / down 1: always down, every write fails.
+    await lower.load([{ start: S(0), length: S(4096), type: "flakey", params: `${f} 0 0 1 1 error_writes` }], false);
+    await lower.resume({ noflush: false });
+    const dev = await createBow(reg, "b", `${reg.mapperDir}/lower`, 4096);
+    await discard(dev, 100, 50);
+    const map = await ranges(dev);
+    await expectDmError(setState(dev, "1"), "EIO");
+    expect(await state(dev)).toBe(0);
+    expect(await ranges(dev)).toEqual(map);
+    expect(await free(dev)).toBe(50 * 512);
+    await reg.remove(dev);
+    await reg.remove(lower);
+    expect(fs.readFileSync(f).equals(orig)).toBe(true);
+    expect((await restoreFile(f)).kind).toBe("no-magic");
+  });
+
+  it("a crash right after the first log write rolls back to the original block 0", async () => {
+    const f = sectorFile();
+    const orig = fs.readFileSync(f);
+    const dev = await createBow(reg, "b", f, 4096);
+    await discard(dev, 100, 50);
+    await setState(dev, "1");
+    await reg.remove(dev); // gone before any write
+    expect(decodeHeader(readFileRange(f, 0, 1)).magic).toBe(MAGIC_BOW);
+    expect(await restoreFile(f)).toMatchObject({ kind: "restored", entries: 1 });
+    expect(fs.readFileSync(f).subarray(0, 100 * 512).equals(orig.subarray(0, 100 * 512))).toBe(true);
   });
 });
 
@@ -470,6 +510,78 @@ describe("bow: ENOSPC", () => {
     expect((await restoreFile(f)).kind).toBe("restored");
     const now = fs.readFileSync(f);
     expect(now.subarray(0, 2000 * 512).equals(orig.subarray(0, 2000 * 512))).toBe(true);
+  });
+});
+
+describe("bow: I/O errors", () => {
+  /** A real file whose writes fail in [from, to) sectors: a fault injector around the data path (flushes work). */
+  function faultyFile(path: string, from: number, to: number): BlockDevice {
+    const inner = FileDevice.open(path, false);
+    return Object.assign(Object.create(inner) as BlockDevice, {
+      submit: (bio: Bio) =>
+        bio.op === "write" && bio.sector < to && bio.sector + bio.count > from ? Promise.reject(new DmError("EIO", "injected write error")) : inner.submit(bio),
+      close: () => inner.close(),
+    });
+  }
+  const ctxFor = (dev: BlockDevice): TargetContext => ({
+    deviceName: "b",
+    readOnly: false,
+    start: S(0),
+    openDevice: async () => dev,
+    raiseEvent: () => undefined,
+    log: () => undefined,
+  });
+  const bio = (op: Bio["op"], sector: number, data?: Buffer, count = data ? data.length / 512 : 0): Bio => ({ op, sector: S(sector), count: S(count), data, fua: false });
+
+  it("a backup copy that fails (EIO) leaves the map, the log and the data as they were", async () => {
+    const f = sectorFile();
+    const orig = fs.readFileSync(f);
+    const lower = faultyFile(f, 2048, 4096);
+    const t = await bowTarget.construct(ctxFor(lower), [f], S(4096));
+    try {
+      await t.map(bio("discard", 3000, undefined, 100)); // bad free space
+      await t.map(bio("discard", 1000, undefined, 2)); // good, at the head: taken by 0→1
+      await t.message!(["state", "1"]);
+      const map = await t.message!(["ranges"]);
+      const log = readFileRange(f, 0, 1);
+      await expectDmError(t.map(bio("write", 10, pattern(2, 1))), "EIO", /injected/);
+      expect(await t.message!(["ranges"])).toBe(map);
+      expect(await t.message!(["free"])).toBe(String(100 * 512));
+      expect(readFileRange(f, 0, 1).equals(log)).toBe(true);
+      expect(readFileRange(f, 10, 2).equals(orig.subarray(10 * 512, 12 * 512))).toBe(true);
+      await t.map(bio("write", 0, pattern(1, 2))); // block 0's live copy still works
+      const back = bio("read", 0, Buffer.alloc(512));
+      await t.map(back);
+      expect(back.data!.equals(pattern(1, 2))).toBe(true);
+    } finally {
+      await t.destroy();
+      await lower.close();
+    }
+    expect(await restoreFile(f)).toMatchObject({ kind: "restored", entries: 1 });
+    expect(fs.readFileSync(f).subarray(0, 1000 * 512).equals(orig.subarray(0, 1000 * 512))).toBe(true);
+  });
+
+  it("a failed log write stops all later writes (EIO) instead of writing past an unknown log", async () => {
+    const f = sectorFile();
+    let failBlock0 = false;
+    const inner = FileDevice.open(f, false);
+    const lower = Object.assign(Object.create(inner) as BlockDevice, {
+      submit: (b: Bio) => (failBlock0 && b.op === "write" && b.sector === 0 ? Promise.reject(new DmError("EIO", "injected log write error")) : inner.submit(b)),
+      close: () => inner.close(),
+    });
+    const t = await bowTarget.construct(ctxFor(lower), [f], S(4096));
+    try {
+      await t.map(bio("discard", 1000, undefined, 100));
+      await t.message!(["state", "1"]);
+      failBlock0 = true;
+      await expectDmError(t.map(bio("write", 10, pattern(1, 1))), "EIO", /log write failed/);
+      failBlock0 = false;
+      await expectDmError(t.map(bio("write", 20, pattern(1, 2))), "EIO", /log unusable/);
+      expect(sectorText(readFileRange(f, 10, 1))).toBe("Sector 10"); // the new data never went down
+    } finally {
+      await t.destroy();
+      await lower.close();
+    }
   });
 });
 
