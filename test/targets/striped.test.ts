@@ -1,3 +1,4 @@
+import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { DeviceRegistry } from "../../daemon/device/registry.js";
@@ -114,6 +115,31 @@ describe("striped: data path", () => {
     const part = readBio(midStart - 1, chunk * 3 + 2);
     await dev.submit(part);
     expect(part.data!.equals(data.subarray((midStart - 1) * 512, (midStart - 1 + chunk * 3 + 2) * 512))).toBe(true);
+  });
+
+  it.runIf(process.getuid?.() === 0)("stripes on real block devices (loop devices) hold the same layout", async () => {
+    const loops = [0, 1].map((i) => execFileSync("losetup", ["-f", "--show", makeFile(tmp.dir, `loop${i}`, 1 << 20)], { encoding: "utf8" }).trim());
+    try {
+      const dev = await liveDevice(reg, "s", [line(0, 1024, "striped", `2 16 ${loops[0]} 8 ${loops[1]} 0`)]);
+      const st = loops.map((l) => fs.statSync(l).rdev);
+      // Block devices are shown as major:minor, as the kernel shows them.
+      expect(tableOf(dev)[0]).toMatch(/^2 16 \d+:\d+ 8 \d+:\d+ 0$/);
+      expect(st[0]).not.toBe(st[1]);
+      const data = pattern(1024 * 512, 13);
+      await dev.submit(writeBio(0, data, true));
+      await dev.submit(flush());
+      const back = readBio(0, 1024);
+      await dev.submit(back);
+      expect(back.data!.equals(data)).toBe(true);
+      await reg.remove(dev);
+      const disks = loops.map((l) => fs.readFileSync(l));
+      for (let s = 0; s < 1024; s++) {
+        const [i, at] = model(s, 2, 16, [8, 0]);
+        expect(disks[i]!.subarray(at * 512, (at + 1) * 512).equals(data.subarray(s * 512, (s + 1) * 512)), `sector ${s}`).toBe(true);
+      }
+    } finally {
+      for (const l of loops) execFileSync("losetup", ["-d", l]);
+    }
   });
 
   it("discard reaches each stripe's share of the range, and only that", async () => {
