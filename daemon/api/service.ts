@@ -28,6 +28,8 @@ export interface NodeInfoSource {
   repair?(devices?: MappedDevice[]): Promise<void>;
   /** Resolves once node work for `dev` (attach, rename) is done: calls return with /dev/mapper/NAME in place, as dmsetup does after udev. */
   settle?(dev: MappedDevice): Promise<void>;
+  /** 1 while the attached kernel node is mounted or held (part of `info`'s open count). */
+  nodeOpeners?(dev: MappedDevice): number;
 }
 
 export interface ServiceOptions {
@@ -105,7 +107,7 @@ export function createService(opts: ServiceOptions): DeviceMapperServiceServer {
       readOnly: dev.readOnly,
       liveTable: dev.live !== undefined,
       inactiveTable: dev.inactive !== undefined,
-      openCount: registry.userOpenCount(dev),
+      openCount: registry.userOpenCount(dev) + (opts.nodes?.nodeOpeners?.(dev) ?? 0),
       eventNr: dev.eventNr,
       targetCount: (inactive ? dev.inactive?.targetCount : dev.live?.targetCount) ?? 0,
       deferredRemove: dev.deferredRemove,
@@ -121,7 +123,20 @@ export function createService(opts: ServiceOptions): DeviceMapperServiceServer {
     };
   };
 
-  const lookup = (ref: DeviceRef | undefined): MappedDevice => registry.get(refSpec(ref));
+  /**
+   * A device by name, uuid or number. `info` reports the attached kernel node's major:minor when there is one,
+   * so -j/-m may name either that or the 253:minor tsdm number.
+   */
+  const find = (ref: DeviceRef | undefined): MappedDevice | undefined => {
+    const spec = refSpec(ref);
+    const dev = registry.find(spec);
+    if (dev || !("major" in spec) || !opts.nodes) return dev;
+    return registry.list().find((d) => {
+      const n = opts.nodes!.nodeFor(d);
+      return n !== undefined && n.major === spec.major && n.minor === spec.minor;
+    });
+  };
+  const lookup = (ref: DeviceRef | undefined): MappedDevice => find(ref) ?? registry.get(refSpec(ref));
 
   return {
     createDevice: unary("create", async (req) => {
@@ -277,7 +292,7 @@ export function createService(opts: ServiceOptions): DeviceMapperServiceServer {
     }),
 
     makeNodes: unary("mknodes", async (req) => {
-      const devs = req.devices.length ? req.devices.map((r) => registry.find(refSpec(r))).filter((d): d is MappedDevice => !!d) : undefined;
+      const devs = req.devices.length ? req.devices.map((r) => find(r)).filter((d): d is MappedDevice => !!d) : undefined;
       await opts.nodes?.repair?.(devs);
       return {};
     }),

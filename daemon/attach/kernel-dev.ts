@@ -30,7 +30,7 @@ function statOrUndefined(p: string): fs.BigIntStats | undefined {
  * process with it open. dm refuses removal of an open device with EBUSY; this is the same rule for the
  * node we attached.
  */
-export function blockDeviceBusy(node: { path: string; major: number; minor: number }): string | undefined {
+export function blockDeviceBusy(node: { path: string; major: number; minor: number }, opts: { scanProcesses?: boolean } = {}): string | undefined {
   const devno = `${node.major}:${node.minor}`;
   try {
     for (const line of fs.readFileSync("/proc/self/mountinfo", "utf8").split("\n")) {
@@ -55,7 +55,7 @@ export function blockDeviceBusy(node: { path: string; major: number; minor: numb
   } finally {
     if (fd !== undefined) fs.closeSync(fd);
   }
-  const opener = findOpener(node.major, node.minor);
+  const opener = opts.scanProcesses === false ? undefined : findOpener(node.major, node.minor);
   if (opener) return `is open by process ${opener.pid} (${opener.comm})`;
   return undefined;
 }

@@ -117,6 +117,15 @@ export class NodeManager implements ExternalHolder {
     return this.queues.get(dev) ?? Promise.resolve();
   }
 
+  /**
+   * Openers of the kernel node, for `info`'s open count: 1 while it is mounted, stacked on or claimed
+   * exclusively (the kernel counts each opener; we can only tell whether there is one). Cheap: no /proc scan.
+   */
+  nodeOpeners(dev: MappedDevice): number {
+    const e = this.entries.get(dev);
+    return e && blockDeviceBusy(e.attachment.node, { scanProcesses: false }) ? 1 : 0;
+  }
+
   ownOpens(dev: MappedDevice): number {
     return this.entries.get(dev)?.attachment.nbdSessions ?? 0;
   }

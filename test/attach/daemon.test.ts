@@ -47,6 +47,7 @@ describe.runIf(process.getuid?.() === 0)("tsdmd --attach fuse", () => {
     const mnt = path.join(d.dir, "mnt");
     fs.mkdirSync(mnt, { recursive: true });
     await sh(`mkfs.ext4 -q -F ${mapper("fs1")} && mount ${mapper("fs1")} ${mnt} && echo hello > ${mnt}/f && sync -f ${mnt}`);
+    expect(await ok(["info", "fs1"])).toMatch(/Open count:\s+1/);
     const r = await d.tsdmsetup(["remove", "fs1"]);
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/Device or resource busy/);
