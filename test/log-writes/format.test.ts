@@ -141,6 +141,7 @@ describe("worked examples (spec §1.8), written by the target", () => {
     await four.load(line(2048, `${data} ${innerLog} 2 log_sector_size 4096`), false);
     await four.resume({ noflush: false });
     expect(four.logicalBlockSize).toBe(4096);
+    expect(four.live!.lines("table")[0]!.params).toBe(`${data} ${innerLog} 2 log_sector_size 4096`);
     const dev = reg.create({ name: "lw" });
     await dev.load(line(2048, `four ${log}`), false);
     await dev.resume({ noflush: false });

@@ -15,7 +15,7 @@
  * - Like the kernel, trailing arguments that do not start with a parameter count are ignored.
  *
  * Status: `<logged entries> <last allocated log sector (512 B units)>[ logging_disabled]`.
- * Table:  `<dev label> <log dev label>`.
+ * Table:  `<dev label> <log dev label>` (plus ` 2 log_sector_size <bytes>` when that option was given).
  * Message: `mark <text>` (the text is cut to sectorsize - 33 bytes).
  */
 import type { Target, TargetContext, TargetType } from "../target.js";
@@ -47,7 +47,7 @@ export const logWritesTarget: TargetType = {
     if (ctx.start % (Math.max(sectorSize, dev.logicalBlockSize) / 512) !== 0) {
       throw invalid(`Target start ${ctx.start} is not aligned to the ${sectorSize}-byte log sector size`);
     }
-    return new LogWritesTarget({ dev, logDev, sectorSize, start: ctx.start, ctx, readOnly: ctx.readOnly });
+    return new LogWritesTarget({ dev, logDev, sectorSize, explicitSectorSize: logSectorSize !== undefined, start: ctx.start, ctx, readOnly: ctx.readOnly });
   },
 };
 

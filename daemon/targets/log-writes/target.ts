@@ -19,6 +19,10 @@ import { END_MARK, LogFlag, encodeEntry, encodeSuper, logBlocks, markEntry, maxM
  * - When an entry would reach the end of the log device, or a log write fails, logging stops for good
  *   ("logging_disabled"); I/O then passes through unlogged.
  *
+ * Consequences kept from the kernel: a FUA write is logged ahead of earlier, still unflushed writes, so if it
+ * overwrites one of them a full replay ends with the older data; unflushed payloads are held in memory until
+ * the next flush (or removal).
+ *
  * Durability (stronger than the kernel, which issues plain log writes): before a super block update the log
  * device is flushed, and the super itself is written FUA, so nr_entries never counts an entry that is not on
  * stable storage, and every FUA entry and mark is durable once its super is.
@@ -41,6 +45,8 @@ export interface LogWritesConfig {
   readonly logDev: BlockDevice;
   /** Log unit in bytes: the data device's logical block size, or the table's log_sector_size option. */
   readonly sectorSize: number;
+  /** The table gave log_sector_size (shown again in the table line). */
+  readonly explicitSectorSize: boolean;
   /** The target's start in the table: like the kernel, bios keep their device-absolute sector on the data device. */
   readonly start: Sector;
   readonly ctx: TargetContext;
@@ -52,6 +58,7 @@ export class LogWritesTarget implements Target {
   private readonly dev: BlockDevice;
   private readonly logDev: BlockDevice;
   private readonly sectorSize: number;
+  private readonly explicitSectorSize: boolean;
   /** 512-byte sectors per log unit. */
   private readonly unitSectors: number;
   private readonly start: Sector;
@@ -78,6 +85,7 @@ export class LogWritesTarget implements Target {
     this.dev = cfg.dev;
     this.logDev = cfg.logDev;
     this.sectorSize = cfg.sectorSize;
+    this.explicitSectorSize = cfg.explicitSectorSize;
     this.unitSectors = cfg.sectorSize / SECTOR_SIZE;
     this.start = cfg.start;
     this.ctx = cfg.ctx;
@@ -147,7 +155,7 @@ export class LogWritesTarget implements Target {
   // ---- status / messages ----
 
   status(type: "info" | "table"): string {
-    if (type === "table") return `${this.dev.label} ${this.logDev.label}`;
+    if (type === "table") return `${this.dev.label} ${this.logDev.label}${this.explicitSectorSize ? ` 2 log_sector_size ${this.sectorSize}` : ""}`;
     return `${this.loggedEntries} ${this.nextSector - 1}${this.loggingEnabled ? "" : " logging_disabled"}`;
   }
 
