@@ -9,6 +9,8 @@ import { createLogger, type Logger } from "./core/log.js";
 import { DeviceRegistry } from "./device/registry.js";
 import { DeviceStateStore } from "./device/persistence.js";
 import { NbdServer } from "./nbd/server.js";
+import { baseAllocation, MetaContextRegistry } from "./nbd/meta-context.js";
+import { eraWrittenSince } from "./targets/era/nbd-context.js";
 import { NodeManager } from "./attach/node-manager.js";
 import { registerBuiltinTargets } from "./targets/all.js";
 
@@ -38,7 +40,13 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
   if (restored.length || failed.length) log.info("devices restored", { restored, failed });
   store.start();
 
-  const nbd = new NbdServer({ registry, log: log.child({ component: "nbd" }), maxConnections: config.nbdMaxConnections });
+  const nbd = new NbdServer({
+    registry,
+    log: log.child({ component: "nbd" }),
+    maxConnections: config.nbdMaxConnections,
+    // base:allocation, plus "blocks written since era N" on era devices (incremental backup over NBD).
+    metaContexts: new MetaContextRegistry([baseAllocation, eraWrittenSince]),
+  });
   await nbd.listenUnix(config.nbdSocket);
   if (config.nbdListen) await nbd.listenTcp(config.nbdListen.host, config.nbdListen.port);
   // Kernel block devices behind $DM_DEV_DIR/mapper/NAME (--attach: ublk > kernel nbd > nbdfuse + loop).

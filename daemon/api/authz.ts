@@ -1,5 +1,6 @@
 import fs from "node:fs";
 import {
+  Metadata,
   ServerInterceptingCall,
   status as Code,
   type ServerInterceptor,
@@ -76,7 +77,9 @@ export function authzInterceptor(policy: AuthzPolicy | undefined, log: Logger): 
               const role = policy?.roleOf(who.cn);
               if (!role || !allowed(role, methodDescriptor.path)) {
                 log.warn("permission denied", { cn: who.cn, role: role ?? "none", method: methodDescriptor.path });
-                call.sendStatus({ code: Code.PERMISSION_DENIED, details: `${who.cn || "(no CN)"} may not call ${methodDescriptor.path}` });
+                const md = new Metadata();
+                md.set("tsdm-errno", "EACCES");
+                call.sendStatus({ code: Code.PERMISSION_DENIED, details: `${who.cn || "(no CN)"} may not call ${methodDescriptor.path}`, metadata: md });
                 return;
               }
             }
