@@ -228,3 +228,31 @@ describe("log device errors (spec §2.5)", () => {
     expect(fs.readFileSync(log).every((b) => b === 0)).toBe(true);
   });
 });
+
+describe("suspend and read-only tables", () => {
+  it("suspend returns once the logger has written everything queued: status and super agree", async () => {
+    const data = makeFile(tmp.dir, "data", 1 << 20);
+    const log = makeFile(tmp.dir, "log", 4 << 20);
+    const dev = reg.create({ name: "lw" });
+    await dev.load(line(2048, `${data} ${log}`), false);
+    await dev.resume({ noflush: false });
+    await Promise.all(Array.from({ length: 32 }, (_, i) => dev.submit(write(i * 16, fill(16, i + 1), i % 4 === 0))));
+    await dev.message(S(0), ["mark", "m"]);
+    await dev.suspend({ noflush: false });
+    const [entries] = dev.live!.lines("info")[0]!.params.split(" ");
+    expect(Number(entries)).toBe(9); // 8 FUA writes + the mark; the 24 plain writes wait for a flush
+    expect(superNrEntries(log)).toBe(9);
+    await dev.resume({ noflush: false });
+  });
+
+  it("a read-only table logs nothing, not even the end mark", async () => {
+    const data = makeFile(tmp.dir, "data", 1 << 20);
+    const log = makeFile(tmp.dir, "log", 1 << 20);
+    const dev = reg.create({ name: "lw", readOnly: true });
+    await dev.load(line(2048, `${data} ${log}`), true);
+    await dev.resume({ noflush: false });
+    await expect(dev.submit(write(0, fill(1, 1)))).rejects.toThrow();
+    await reg.remove(dev);
+    expect(fs.readFileSync(log).every((b) => b === 0)).toBe(true);
+  });
+});
