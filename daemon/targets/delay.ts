@@ -109,7 +109,12 @@ class DelayTarget implements Target {
     for (const h of this.held) {
       if (all || now >= h.expires) {
         h.cls.ops--;
-        const p = h.cls.dev.submit(h.bio);
+        let p: Promise<void>;
+        try {
+          p = h.cls.dev.submit(h.bio);
+        } catch (err) {
+          p = Promise.reject(err); // never leave the rest of the list unreleased
+        }
         h.done(p);
         submitted.push(p.catch(() => undefined));
       } else {
