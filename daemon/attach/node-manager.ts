@@ -171,7 +171,7 @@ export class NodeManager implements ExternalHolder {
     );
     if (devices) return;
     const ours = new Set([...this.entries.values()].map((e) => `${e.name}\0${e.attachment.node.major}:${e.attachment.node.minor}`));
-    const attachMajors = kernelMajors(["loop", "nbd"]); // ublk disks use blkext (259), shared with NVMe const attachMajors = kernelMajors(["loop", "nbd", "ublkb"]); co
+    const attachMajors = kernelMajors(["loop", "nbd"]); // ublk disks use blkext (259), shared with NVMe and others
     for (const [name, d] of this.nodes.list()) {
       if (!attachMajors.has(d.major) || ours.has(`${name}\0${d.major}:${d.minor}`)) continue;
       this.log.info("removing stale node", { path: this.nodes.pathOf(name), devno: `${d.major}:${d.minor}` });
