@@ -6,7 +6,7 @@ import { NbdServer } from "../../daemon/nbd/server.js";
 import type { Sector } from "../../daemon/core/units.js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { RawClient, infoRequest, metaRequest } from "./raw-client.js";
-import { runOk, startNbd, type NbdFixture } from "./fixture.js";
+import { run, startNbd, type NbdFixture } from "./fixture.js";
 
 // Byte-level protocol checks: what real clients never send, and the exact shapes of replies.
 const OPT = { EXPORT_NAME: 1, ABORT: 2, LIST: 3, INFO: 6, GO: 7, STRUCTURED_REPLY: 8, LIST_META: 9, SET_META: 10 };
@@ -463,7 +463,8 @@ describe("NBD protocol handling", () => {
       await expect(server.listenUnix(fx.sock)).rejects.toMatchObject({ code: "EADDRINUSE" });
       const stale = path.join(fx.dir, "stale.sock");
       // A socket file nobody accepts on, as a crashed daemon leaves behind.
-      await runOk("python3", ["-c", "import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])", stale]);
+      const script = "require('net').createServer().listen(process.argv[1], () => process.kill(process.pid, 'SIGKILL'))";
+      await run(process.execPath, ["-e", script, stale]); // killed: no chance to unlink its socket
       expect(fs.lstatSync(stale).isSocket()).toBe(true);
       await server.listenUnix(stale);
       const port = await server.listenTcp("127.0.0.1", 0);
