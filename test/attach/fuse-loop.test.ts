@@ -4,6 +4,7 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { NodeManager } from "../../daemon/attach/node-manager.js";
 import { FuseLoopAttacher } from "../../daemon/attach/fuse-loop.js";
+import { nativeAttach } from "../../daemon/attach/native-attach.js";
 import { DmError } from "../../daemon/core/errors.js";
 import { silentLogger } from "../../daemon/core/log.js";
 import type { Sector } from "../../daemon/core/units.js";
@@ -239,8 +240,14 @@ describe.runIf(process.getuid?.() === 0)("fuse + loop attach", () => {
     expect(fs.existsSync(mapper("ro1"))).toBe(false);
     expect(devnoOf(fs.statSync(mapper("ro2")))).toEqual({ major: info.major, minor: info.minor });
     fs.unlinkSync(mapper("ro2"));
+    // A stale loop node of no device goes; a file that is not a node is never touched.
+    nativeAttach.mknodBlock(mapper("ghost"), 7, 250, 0o600, 0);
+    fs.writeFileSync(mapper("notes.txt"), "mine");
     await nodes.repair();
     expect(devnoOf(fs.statSync(mapper("ro2")))).toEqual({ major: info.major, minor: info.minor });
+    expect(fs.existsSync(mapper("ghost"))).toBe(false);
+    expect(fs.readFileSync(mapper("notes.txt"), "utf8")).toBe("mine");
+    fs.unlinkSync(mapper("notes.txt"));
     await registry.remove(dev);
     expect(attachLeftovers(runDir)).toEqual([]);
   });
