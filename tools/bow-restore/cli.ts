@@ -1,5 +1,5 @@
 import fs from "node:fs";
-import { Command, CommanderError, Option } from "commander";
+import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import cliProgress from "cli-progress";
 import { FileRawDevice, type StepHook } from "./raw-device.js";
 import { restoreCheckpoint, type RestoreResult } from "../../daemon/targets/bow/restore.js";
@@ -109,7 +109,7 @@ function report(path: string, r: RestoreResult): number {
 }
 
 function parseCount(v: string): number {
-  if (!/^[1-9][0-9]*$/.test(v)) throw new CommanderError(1, "tsdm.bow-restore.limit", `--limit: expected a positive integer, got '${v}'`);
+  if (!/^[1-9][0-9]*$/.test(v)) throw new InvalidArgumentError("expected a positive integer");
   return Number(v);
 }
 
