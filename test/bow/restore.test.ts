@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { HEADER_SIZE, MAGIC_BOW, MAGIC_WOB, crc32Raw, decodeEntry, decodeHeader, encodeEntry, encodeHeader } from "../../daemon/targets/bow/format.js";
 import { restoreCheckpoint, type RestoreResult } from "../../daemon/targets/bow/restore.js";
 import { tempDir } from "../helpers/registry.js";
+import { run as runCli } from "../../tools/bow-restore/cli.js";
 import { firstDifference } from "./helpers.js";
 import { MemRawDevice, makeCheckpointed, type Checkpointed } from "./workload.js";
 
@@ -243,38 +244,57 @@ describe("bow-restore: validation failures roll forward", () => {
 });
 
 describe("tsdm bow-restore CLI", () => {
+  /** The CLI in this process (its run() with stdout/stderr captured): exit codes and messages, quickly. */
+  const tsdmInProcess = async (args: string[]) => {
+    let stdout = "";
+    let stderr = "";
+    const out = process.stdout.write.bind(process.stdout);
+    const err = process.stderr.write.bind(process.stderr);
+    process.stdout.write = ((c: string | Uint8Array) => ((stdout += String(c)), true)) as typeof process.stdout.write;
+    process.stderr.write = ((c: string | Uint8Array) => ((stderr += String(c)), true)) as typeof process.stderr.write;
+    try {
+      const status = await runCli(args);
+      return { status, stdout, stderr };
+    } finally {
+      process.stdout.write = out;
+      process.stderr.write = err;
+    }
+  };
+  /** The real binary entry, in a process of its own. */
   const tsdm = (args: string[]) =>
     spawnSync(process.execPath, ["--import", "tsx", path.join(ROOT, "tools/tsdm.ts"), "bow-restore", ...args], { cwd: ROOT, encoding: "utf8" });
 
   it("--check, restore, then nothing to do; exit codes; roll forward exits 2", async () => {
     const f = path.join(tmp.dir, "cli.img");
     fs.writeFileSync(f, small.after);
-    let r = tsdm(["--check", f]);
+    const spawned = tsdm(["--check", f]); // once through the real entry point
+    expect(spawned.status, spawned.stderr).toBe(0);
+    let r: { status: number | null; stdout: string; stderr: string } = spawned;
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/valid checkpoint log: block size 512, \d+ log sector\(s\), \d+ entries/);
     expect(fs.readFileSync(f).equals(small.after)).toBe(true);
-    r = tsdm(["--limit", "5", f]);
+    r = await tsdmInProcess(["--limit", "5", f]);
     expect(r.status).toBe(3);
-    r = tsdm(["--check", f]);
+    r = await tsdmInProcess(["--check", f]);
     expect(r.stdout).toMatch(/interrupted restore is pending/);
-    r = tsdm([f]);
+    r = await tsdmInProcess([f]);
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/resumed/);
     expect(fs.readFileSync(f).equals(reference)).toBe(true);
-    r = tsdm([f]);
+    r = await tsdmInProcess([f]);
     expect([r.status, r.stdout]).toEqual([0, `${f}: no checkpoint log (no BOW/WOB magic in block 0); nothing to do\n`]);
 
     const bad = Buffer.from(small.after);
     const e = decodeEntry(bad, HEADER_SIZE, decodeHeader(bad).count - 1);
     bad[e.dest * 512]! ^= 1;
     fs.writeFileSync(f, bad);
-    r = tsdm(["--check", f]);
+    r = await tsdmInProcess(["--check", f]);
     expect(r.status).toBe(2);
     expect(fs.readFileSync(f).equals(bad)).toBe(true);
-    r = tsdm([f]);
+    r = await tsdmInProcess([f]);
     expect(r.status).toBe(2);
     expect(r.stdout).toMatch(/rolled forward/);
-    r = tsdm([path.join(tmp.dir, "missing")]);
+    r = await tsdmInProcess([path.join(tmp.dir, "missing")]);
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/cannot open/);
   });
