@@ -36,7 +36,7 @@ async function createOne(ctx: Ctx, p: CreateParams): Promise<void> {
   const res = await ctx.rpc(
     "create",
     { name, uuid },
-    (api) => api.createDevice({ name, uuid: uuid ?? "", table: toWire(table), readOnly: p.readOnly, minor: p.devno?.minor ?? p.minor }),
+    (api) => api.createDevice({ name, uuid: uuid ?? "", table: toWire(table), readOnly: p.readOnly, minor: p.devno?.minor ?? p.minor, readAhead: readAheadOf(ctx) }),
     { stepTarget: (op, e) => (op === "create" ? { name, uuid, devno: p.devno } : { name, devno: e.devno }) },
   );
   showInfo(ctx, res.device);
@@ -113,7 +113,7 @@ export const suspend: Handler = async (ctx, args) => {
 
 export const resume: Handler = async (ctx, args) => {
   const dev = await ctx.device(args[0]);
-  const res = await ctx.rpc("resume", dev.target, (api) => api.resumeDevice({ device: dev.ref, noflush: ctx.sw.noflush, nolockfs: ctx.sw.nolockfs }));
+  const res = await ctx.rpc("resume", dev.target, (api) => api.resumeDevice({ device: dev.ref, noflush: ctx.sw.noflush, nolockfs: ctx.sw.nolockfs, readAhead: readAheadOf(ctx) }));
   showInfo(ctx, res.device);
 };
 
@@ -302,3 +302,12 @@ export const mangle: Handler = async (ctx, args) => {
   const dev = await ctx.device(args[0]);
   await one(args[0] ?? dev.target.name, dev);
 };
+
+/** --readahead [+]N|auto|none as the API takes it (auto is the kernel's default of 256 sectors). */
+function readAheadOf(ctx: Ctx): { sectors: number; minimum: boolean } | undefined {
+  const ra = ctx.sw.readAhead;
+  if (!ra) return undefined;
+  if (ra.kind === "auto") return { sectors: 256, minimum: false };
+  if (ra.kind === "none") return { sectors: 0, minimum: false };
+  return { sectors: ra.sectors, minimum: ra.minimum };
+}

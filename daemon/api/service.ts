@@ -141,6 +141,7 @@ export function createService(opts: ServiceOptions): DeviceMapperServiceServer {
   return {
     createDevice: unary("create", async (req) => {
       const dev = registry.create({ name: req.name, uuid: req.uuid || undefined, readOnly: req.readOnly, minor: req.minor });
+      setReadAhead(dev, req.readAhead);
       if (req.table.length === 0) return { device: info(dev) };
       try {
         await dev.serialize(async () => {
@@ -177,6 +178,7 @@ export function createService(opts: ServiceOptions): DeviceMapperServiceServer {
     resumeDevice: unary("resume", async (req) => {
       const dev = lookup(req.device);
       await dev.serialize(() => dev.resume({ noflush: req.noflush }));
+      setReadAhead(dev, req.readAhead);
       await opts.nodes?.settle?.(dev);
       return { device: info(dev) };
     }),
@@ -325,7 +327,13 @@ const KIND: Record<RegistryEvent["kind"], Kind> = {
   removed: Kind.KIND_REMOVED,
   renamed: Kind.KIND_RENAMED,
   target_event: Kind.KIND_TARGET_EVENT,
+  settings: Kind.KIND_SETTINGS,
 };
+
+/** dmsetup --readahead N (set) or +N (raise to at least N). */
+function setReadAhead(dev: MappedDevice, ra: { sectors: number; minimum: boolean } | undefined): void {
+  if (ra !== undefined) dev.setReadAhead(ra.sectors, ra.minimum);
+}
 
 /** Messages for the device-mapper core itself ("@" prefix). */
 async function coreMessage(dev: MappedDevice, argv: string[]): Promise<string> {

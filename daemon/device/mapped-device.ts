@@ -22,7 +22,7 @@ export interface DeviceHooks {
   lastClose(dev: MappedDevice): void;
 }
 
-export type DeviceChange = "loaded" | "cleared" | "suspended" | "resumed" | "target_event";
+export type DeviceChange = "loaded" | "cleared" | "suspended" | "resumed" | "target_event" | "settings";
 
 /**
  * A mapped device (struct mapped_device): a live and an inactive table slot, suspend/resume with an I/O gate,
@@ -204,6 +204,14 @@ export class MappedDevice {
     for (const w of this.eventWaiters) w();
     this.eventWaiters = [];
     if (first) throw first;
+  }
+
+  /** dmsetup --readahead N (set) or +N (raise to at least N). */
+  setReadAhead(sectors: number, minimum: boolean): void {
+    const next = minimum ? Math.max(this.readAhead, sectors) : sectors;
+    if (next === this.readAhead) return;
+    this.readAhead = next;
+    this.hooks.changed(this, "settings");
   }
 
   // ---- events ----

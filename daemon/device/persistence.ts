@@ -18,6 +18,7 @@ interface PersistedDevice {
   minor: number;
   readOnly: boolean;
   suspended: boolean;
+  readAhead?: number;
   live?: { readOnly: boolean; lines: PersistedLine[] };
   inactive?: { readOnly: boolean; lines: PersistedLine[] };
 }
@@ -125,6 +126,7 @@ export class DeviceStateStore {
     const failed: { name: string; error: string }[] = [];
     for (const d of dependencyOrder(state.devices)) {
       const dev = this.registry.create({ name: d.name, uuid: d.uuid || undefined, readOnly: d.readOnly, minor: d.minor });
+      if (d.readAhead !== undefined) dev.readAhead = d.readAhead;
       try {
         if (d.live) {
           await dev.load(toSpecs(d.live.lines), d.live.readOnly, { restoring: true });
@@ -151,6 +153,7 @@ function snapshot(dev: MappedDevice): PersistedDevice {
     minor: dev.minor,
     readOnly: dev.readOnly,
     suspended: dev.suspended,
+    readAhead: dev.readAhead,
     live: dev.live ? { readOnly: dev.live.readOnly, lines: dev.live.spec.map(toPersisted) } : undefined,
     inactive: dev.inactive ? { readOnly: dev.inactive.readOnly, lines: dev.inactive.spec.map(toPersisted) } : undefined,
   };
