@@ -233,11 +233,17 @@ describe("bow-restore: validation failures roll forward", () => {
     expect(image.subarray(0, 4096).equals(img.subarray(h.sector0 * 512, h.sector0 * 512 + 4096))).toBe(true);
   });
 
-  it("block_size below 28 is refused outright; no magic is a no-op", async () => {
-    const img = editLog((b) => b.writeUInt32LE(16, 8));
-    const dev = new MemRawDevice(img);
-    await expect(restoreCheckpoint(dev)).rejects.toThrow(/too small/);
-    expect(dev.image.equals(img)).toBe(true);
+  it("block_size below 28, or not one a kernel writes, is refused with nothing written; no magic is a no-op", async () => {
+    for (const [bs, msg] of [
+      [16, /too small/],
+      [0x40000000, /implausible block_size/],
+      [3000, /implausible block_size/],
+    ] as const) {
+      const img = editLog((b) => b.writeUInt32LE(bs, 8));
+      const dev = new MemRawDevice(img);
+      await expect(restoreCheckpoint(dev)).rejects.toThrow(msg);
+      expect(dev.image.equals(img)).toBe(true);
+    }
     const plain = Buffer.alloc(8192, 0x5a);
     expect((await restoreMem(plain)).result).toEqual({ kind: "no-magic", magic: 0x5a5a5a5a });
   });

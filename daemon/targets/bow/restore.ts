@@ -26,8 +26,9 @@ import type { RawDevice } from "./raw-device.js";
  *    i, which is idempotent. Entry 0 of a sequence > 0 puts the previous log sector back at block 0 (marked
  *    WOB); entry 0 of sequence 0 puts back the original block 0, and the magic is gone.
  *
- * Checks beyond vold's (all turn a would-be failure half-way through the restore into a roll forward during
- * validation): block_size must be a power of two up to 64 KiB, sources must lie inside the device.
+ * Checks beyond vold's: a block_size that is not a power of two from 512 to 64 KiB is refused with nothing
+ * written (it would also size the roll-forward copy); entries whose source lies outside the device fail
+ * validation (roll forward) instead of failing half-way through the restore.
  */
 export type RestoreResult =
   | { kind: "no-magic"; magic: number }
@@ -71,6 +72,10 @@ export async function restoreCheckpoint(dev: RawDevice, opts: RestoreOptions = {
       return { kind: "no-magic", magic: orig.magic };
     }
     if (orig.blockSize < HEADER_SIZE) throw new RestoreError(`block_size ${orig.blockSize} in the log header is too small`);
+    // Not in vold: a block size no kernel writes would also size the roll-forward copy (a corrupt 2 GiB would
+    // overwrite the device's first 2 GiB), so refuse it outright and touch nothing.
+    const bs = orig.blockSize;
+    if (bs > MAX_BLOCK_SIZE || bs < 512 || (bs & (bs - 1)) !== 0) throw new RestoreError(`implausible block_size ${bs} in the log header`);
     if (!validating && opts.dryRun) {
       return { kind: "checked-resume", sequence: orig.sequence, count: orig.count, blockSize: orig.blockSize };
     }
@@ -121,7 +126,6 @@ class Walk {
 
   async run(): Promise<void> {
     const bs = this.orig.blockSize;
-    if (bs > MAX_BLOCK_SIZE || (bs & (bs - 1)) !== 0 || bs < 512) throw new RestoreError(`implausible block_size ${bs}`);
     for (let seq = this.orig.sequence; seq >= 0; seq--) {
       const ls = await this.relocatedRead(0, bs, "Failed to read log sector");
       const h = decodeHeader(ls);
