@@ -94,6 +94,12 @@ export class LogWritesTarget implements Target {
     this.nextSector = this.unitSectors;
   }
 
+  /** Append after `entries` existing entries, the next one at `nextSector` (restart of the daemon). */
+  continueLog(entries: number, nextSector: number): void {
+    this.loggedEntries = entries;
+    this.nextSector = nextSector;
+  }
+
   get logicalBlockSize(): number {
     return Math.max(this.dev.logicalBlockSize, this.sectorSize);
   }
