@@ -11,7 +11,7 @@
 //   BENCH_RUNTIME    seconds per fio run (default 3); BENCH_RAMP seconds of ramp before it (default 1)
 //   BENCH_IODEPTH    fio iodepth (default 16)
 //   BENCH_WORKLOADS  comma list of workload names (default: seq-read-1m,seq-write-1m,rand-read-4k,rand-write-4k;
-//                    also available: rand-read-4k-qd1)
+//                    also available: rand-read-4k-qd1, seq-write-1m-fsync, rand-write-4k-fsync)
 //   BENCH_TARGETS    comma list of target names (default: all in TARGETS below)
 //   BENCH_THREADPOOL UV_THREADPOOL_SIZE for tsdm servers (default 16, as bin/tsdmd.js sets)
 //   BENCH_JSON       also write every sample to this file
@@ -44,6 +44,10 @@ const WORKLOADS = {
   "rand-read-4k": { rw: "randread", bs: "4k", unit: "IOPS" },
   "rand-write-4k": { rw: "randwrite", bs: "4k", unit: "IOPS" },
   "rand-read-4k-qd1": { rw: "randread", bs: "4k", unit: "IOPS", iodepth: 1 },
+  // With a flush every 64 writes, as a filesystem would: log-writes logs writes only when a flush completes
+  // (before that they wait in memory, as in the kernel), so these are the workloads that measure its logging.
+  "seq-write-1m-fsync": { rw: "write", bs: "1m", unit: "MiB/s", fsync: 64 },
+  "rand-write-4k-fsync": { rw: "randwrite", bs: "4k", unit: "IOPS", fsync: 64 },
 };
 
 /**
@@ -82,6 +86,59 @@ const TARGETS = [
     kind: "tsdm",
     devices: (file, sectors) => [{ name: "dly", table: `0 ${sectors} delay ${file} 0 0` }],
     export: "dly",
+    ratios: ["tsdm-linear"],
+  },
+  {
+    // log-writes: every write is written twice (data + log). The log lives next to the backing file (same
+    // medium), sized 8x the device (capped at 8 GiB): the exit status line shows whether it ever filled up
+    // ("logging_disabled"), which would make later runs measure unlogged pass-through.
+    name: "tsdm-log-writes",
+    kind: "tsdm",
+    devices: (file, sectors) => {
+      const log = sideFile(file, "lw-log", Math.min(8 * sectors * 512, 8 << 30));
+      return [{ name: "lw", table: `0 ${sectors} log-writes ${file} ${log}` }];
+    },
+    export: "lw",
+    ratios: ["tsdm-linear"],
+  },
+  {
+    // era, 4 KiB blocks, metadata freshly formatted: writes mix first writes (a metadata commit each batch) and
+    // re-writes of blocks already marked.
+    name: "tsdm-era",
+    kind: "tsdm",
+    devices: (file, sectors) => [{ name: "era", table: `0 ${sectors} era ${sideFile(file, "era-meta", 64 << 20)} ${file} 8` }],
+    export: "era",
+    ratios: ["tsdm-linear"],
+  },
+  {
+    // era after every block was written once: only re-writes of marked blocks (target: <= 5% overhead).
+    name: "tsdm-era-rewrite",
+    kind: "tsdm",
+    devices: (file, sectors) => [{ name: "erw", table: `0 ${sectors} era ${sideFile(file, "erw-meta", 64 << 20)} ${file} 8` }],
+    setup: ["erw=prefill"],
+    export: "erw",
+    ratios: ["tsdm-linear"],
+  },
+  {
+    // bow in state 1 with the upper 60% trimmed (free for backups): first overwrites of in-use blocks each need
+    // a backup (copy + log entry + flushes); writes to free space and re-writes pass through.
+    name: "tsdm-bow",
+    kind: "tsdm",
+    devices: (file, sectors) => [{ name: "bow", table: `0 ${sectors} bow ${file}` }],
+    setup: (sectors) => [`bow=discard:${inUse(sectors)}:${sectors - inUse(sectors)}`, "bow=message:state 1"],
+    // fio stays in the in-use part: every first overwrite takes one free block, so that part must fit the free one.
+    range: (sectors) => ({ offset: 0, size: inUse(sectors) * 512 }),
+    export: "bow",
+    ratios: ["tsdm-linear"],
+  },
+  {
+    // bow in state 1 after every block was overwritten once: re-writes of changed blocks (target: <= 5%).
+    name: "tsdm-bow-rewrite",
+    kind: "tsdm",
+    devices: (file, sectors) => [{ name: "brw", table: `0 ${sectors} bow ${file}` }],
+    setup: (sectors) => [`brw=discard:${inUse(sectors)}:${sectors - inUse(sectors)}`, "brw=message:state 1", `brw=prefill:0:${inUse(sectors)}`],
+    range: (sectors) => ({ offset: 0, size: inUse(sectors) * 512 }),
+    export: "brw",
     ratios: ["tsdm-linear"],
   },
   {
@@ -145,12 +202,26 @@ function cpuSeconds(pid) {
   }
 }
 
+/** bow scenarios: the lower 40% (MiB-aligned) is "in use", the rest trimmed free space for backups. */
+const inUse = (sectors) => Math.floor((sectors * 0.4) / 2048) * 2048;
+
+/** A zeroed sparse file beside the backing file (same medium), recreated for every run of the bench. */
+function sideFile(file, name, bytes) {
+  const p = `${file}.${name}`;
+  fs.rmSync(p, { force: true });
+  fs.writeFileSync(p, "");
+  fs.truncateSync(p, bytes);
+  return p;
+}
+
 async function startTarget(t, file, sectors, workDir) {
   const sock = path.join(workDir, `${t.name}.sock`);
   let proc;
   if (t.kind === "tsdm") {
     const args = ["--import", "tsx", path.join(ROOT, "bench/serve.ts"), "--socket", sock];
     for (const d of t.devices(file, sectors, workDir)) args.push("--device", `${d.name}=${d.table}`);
+    const setup = typeof t.setup === "function" ? t.setup(sectors) : (t.setup ?? []);
+    for (const s of setup) args.push("--setup", s);
     proc = spawn(process.execPath, args, {
       cwd: ROOT,
       stdio: ["ignore", "pipe", "inherit"],
@@ -169,7 +240,7 @@ async function startTarget(t, file, sectors, workDir) {
   return { ...t, proc, uri };
 }
 
-async function fio(uri, w, outFile) {
+async function fio(uri, w, outFile, range) {
   const args = [
     "--name=bench",
     "--ioengine=nbd",
@@ -177,7 +248,9 @@ async function fio(uri, w, outFile) {
     `--iodepth=${w.iodepth ?? IODEPTH}`,
     `--rw=${w.rw}`,
     `--bs=${w.bs}`,
-    `--size=${SIZE}`,
+    `--size=${range?.size ?? SIZE}`,
+    `--offset=${range?.offset ?? 0}`,
+    ...(w.fsync ? [`--fsync=${w.fsync}`] : []),
     "--time_based",
     `--runtime=${RUNTIME}`,
     `--ramp_time=${RAMP}`,
@@ -212,6 +285,7 @@ async function main() {
   const cleanup = () => {
     for (const t of started) t.proc.kill("SIGTERM");
     fs.rmSync(file, { force: true });
+    for (const side of ["lw-log", "era-meta", "erw-meta"]) fs.rmSync(`${file}.${side}`, { force: true });
     fs.rmSync(workDir, { recursive: true, force: true });
   };
   process.on("SIGINT", () => {
@@ -236,7 +310,7 @@ async function main() {
         const order = started.map((_, i) => started[(i + rep) % started.length]);
         for (const t of order) {
           const cpu0 = cpuSeconds(t.proc.pid);
-          const r = await fio(t.uri, w, outFile);
+          const r = await fio(t.uri, w, outFile, t.range?.(sectors));
           const cpu1 = cpuSeconds(t.proc.pid);
           const value = w.unit === "IOPS" ? r.iops : r.mibs;
           // Server CPU includes the ramp, so divide by the I/Os of ramp + measured time, estimated from the rate.

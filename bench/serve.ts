@@ -4,6 +4,12 @@
  * (e.g. `lin=0 2097152 linear /dev/shm/x 0`). Prints "ready" on stdout once listening; exits on SIGTERM/SIGINT.
  *
  *   node --import tsx bench/serve.ts --socket /tmp/tsdm.sock --device lin="0 2097152 linear /dev/shm/f 0" [--tcp 127.0.0.1:10809]
+ *
+ * `--setup NAME=ACTION` (repeatable, run in order once every device exists) prepares a scenario:
+ *   discard:<start>:<sectors>   a discard bio (bow: free space for backups in state 0)
+ *   message:<text>              a target message (bow: "state 1"; era: "checkpoint")
+ *   prefill[:<start>:<sectors>] write the device (or that range) once (era: blocks marked; bow: blocks backed up)
+ * On exit each device's status line goes to stderr, so a run that filled a log (logging_disabled) is visible.
  */
 import { parseArgs } from "node:util";
 import { DeviceRegistry } from "../daemon/device/registry.js";
@@ -18,6 +24,7 @@ const { values } = parseArgs({
     device: { type: "string", multiple: true, default: [] },
     "read-only": { type: "boolean", default: false },
     tcp: { type: "string" },
+    setup: { type: "string", multiple: true, default: [] },
   },
 });
 if (!values.socket) throw new Error("--socket is required");
@@ -41,6 +48,30 @@ for (const spec of values.device) {
   await dev.load(lines, values["read-only"]);
   await dev.resume({ noflush: false });
 }
+for (const spec of values.setup) {
+  const eq = spec.indexOf("=");
+  const dev = registry.get({ name: spec.slice(0, eq) });
+  const action = spec.slice(eq + 1);
+  if (action.startsWith("discard:")) {
+    const [, start, count] = action.split(":");
+    await dev.submit({ op: "discard", sector: Number(start) as Sector, count: Number(count) as Sector, fua: false });
+  } else if (action.startsWith("message:")) {
+    await dev.message(0 as Sector, action.slice("message:".length).split(" "));
+  } else if (action === "prefill" || action.startsWith("prefill:")) {
+    const [, from, count] = action.split(":");
+    const start = from === undefined ? 0 : Number(from);
+    const end = count === undefined ? dev.size : start + Number(count);
+    const chunk = 2048; // 1 MiB
+    const data = Buffer.alloc(chunk * 512, 0x5a);
+    for (let s = start; s < end; s += chunk) {
+      const n = Math.min(chunk, end - s);
+      await dev.submit({ op: "write", sector: s as Sector, count: n as Sector, data: data.subarray(0, n * 512), fua: false });
+    }
+    await dev.submit({ op: "flush", sector: 0 as Sector, count: 0 as Sector, fua: false });
+  } else {
+    throw new Error(`unknown --setup action ${action}`);
+  }
+}
 const server = new NbdServer({ registry, log });
 await server.listenUnix(values.socket);
 if (values.tcp) {
@@ -50,6 +81,9 @@ if (values.tcp) {
 process.stdout.write("ready\n");
 const stop = async (): Promise<void> => {
   await server.close();
+  for (const dev of registry.list()) {
+    for (const l of dev.live?.lines("info") ?? []) process.stderr.write(`[serve] ${dev.name}: ${l.start} ${l.length} ${l.type} ${l.params}\n`);
+  }
   process.exit(0);
 };
 process.on("SIGTERM", () => void stop());

@@ -53,7 +53,8 @@ export interface ChangedExtent {
 }
 
 export class EraTarget implements Target {
-  readonly maxIoSectors: number;
+  // No maxIoSectors: the kernel splits bios at era blocks (max_io_len), but map() marks every block a bio
+  // touches, so a 1 MiB write goes down whole instead of as 256 separate 4 KiB writes.
   /** Bits of the current era that are durable on the metadata device (set only after the commit). */
   private inCore: Uint32Array;
   private waiting: Waiter[] = [];
@@ -74,7 +75,6 @@ export class EraTarget implements Target {
     readonly nrBlocks: number,
     private md: EraMetadata,
   ) {
-    this.maxIoSectors = blockSize;
     this.inCore = new Uint32Array(0);
   }
 
