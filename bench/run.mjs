@@ -15,6 +15,7 @@
 //   BENCH_TARGETS    comma list of target names (default: all in TARGETS below)
 //   BENCH_THREADPOOL UV_THREADPOOL_SIZE for tsdm servers (default 16, as bin/tsdmd.js sets)
 //   BENCH_JSON       also write every sample to this file
+//   BENCH_LOG_SIZE   log device size for the log-writes scenario (default 10G, sparse, beside the backing file)
 //
 // Adding a scenario (e.g. log-writes/era/bow overhead against plain linear): add an entry to TARGETS with
 // kind "tsdm", a `devices(file, sectors, workDir)` function returning the devices to create (name + dmsetup table
@@ -90,12 +91,12 @@ const TARGETS = [
   },
   {
     // log-writes: every write is written twice (data + log). The log lives next to the backing file (same
-    // medium), sized 8x the device (capped at 8 GiB): the exit status line shows whether it ever filled up
-    // ("logging_disabled"), which would make later runs measure unlogged pass-through.
+    // medium, sparse), BENCH_LOG_SIZE (default 10G) so that a default run never fills it; the exit status line
+    // shows whether it did ("logging_disabled"), which would make later runs measure unlogged pass-through.
     name: "tsdm-log-writes",
     kind: "tsdm",
     devices: (file, sectors) => {
-      const log = sideFile(file, "lw-log", Math.min(8 * sectors * 512, 8 << 30));
+      const log = sideFile(file, "lw-log", parseSize(env.BENCH_LOG_SIZE ?? "10G"));
       return [{ name: "lw", table: `0 ${sectors} log-writes ${file} ${log}` }];
     },
     export: "lw",
