@@ -319,6 +319,8 @@ struct ConnectParams {
   int64_t index = -1;
   uint64_t blockSize = 512;
   uint64_t timeoutSec = 0;
+  uint64_t deadConnTimeoutSec = 0;
+  bool reconfigure = false;
   uint32_t connections = 1;
   bool readOnly = false;
 };
@@ -347,12 +349,17 @@ bool DoConnect(const ConnectParams& p, ConnectResult* r, Failure* f) {
   Fd nl;
   uint16_t family = 0;
   if (!OpenGenl(&nl, f) || !ResolveNbdFamily(nl.get(), &family, f)) return false;
-  NlMsg m(family, NBD_CMD_CONNECT, NBD_GENL_VERSION, 0);
+  // RECONFIGURE hands new sockets to a device whose connections died (the daemon restarted): the kernel
+  // swaps them in for the dead ones and the mounted file system carries on.
+  NlMsg m(family, p.reconfigure ? NBD_CMD_RECONFIGURE : NBD_CMD_CONNECT, NBD_GENL_VERSION, 0);
   if (p.index >= 0) m.U32(NBD_ATTR_INDEX, static_cast<uint32_t>(p.index));
-  m.U64(NBD_ATTR_SIZE_BYTES, r->ex.size);
-  m.U64(NBD_ATTR_BLOCK_SIZE_BYTES, p.blockSize);
-  m.U64(NBD_ATTR_SERVER_FLAGS, flags);
+  if (!p.reconfigure) {
+    m.U64(NBD_ATTR_SIZE_BYTES, r->ex.size);
+    m.U64(NBD_ATTR_BLOCK_SIZE_BYTES, p.blockSize);
+    m.U64(NBD_ATTR_SERVER_FLAGS, flags);
+  }
   if (p.timeoutSec) m.U64(NBD_ATTR_TIMEOUT, p.timeoutSec);
+  if (p.deadConnTimeoutSec) m.U64(NBD_ATTR_DEAD_CONN_TIMEOUT, p.deadConnTimeoutSec);
   if (!p.backend.empty()) m.Str(NBD_ATTR_BACKEND_IDENTIFIER, p.backend);
   size_t outer = m.Begin(NBD_ATTR_SOCKETS);
   for (auto& s : socks) {
@@ -362,7 +369,7 @@ bool DoConnect(const ConnectParams& p, ConnectResult* r, Failure* f) {
   }
   m.End(outer);
   std::vector<uint8_t> reply;
-  if (!NlTransact(nl.get(), m.Finish(), &reply, f, "NBD_CMD_CONNECT")) return false;
+  if (!NlTransact(nl.get(), m.Finish(), &reply, f, p.reconfigure ? "NBD_CMD_RECONFIGURE" : "NBD_CMD_CONNECT")) return false;
   bool haveIndex = false;
   if (reply.size() > NLMSG_HDRLEN + GENL_HDRLEN) {
     ForEachAttr(reply.data() + NLMSG_HDRLEN + GENL_HDRLEN, reply.size() - NLMSG_HDRLEN - GENL_HDRLEN,
@@ -460,7 +467,8 @@ double NumProp(Napi::Object o, const char* k, double dflt) {
   return v.As<Napi::Number>().DoubleValue();
 }
 
-// nbdConnect({socketPath, exportName, index?, blockSize?, timeoutSec?, connections?, readOnly?, backend?})
+// nbdConnect({socketPath, exportName, index?, blockSize?, timeoutSec?, deadConnTimeoutSec?, connections?, readOnly?,
+//             backend?, reconfigure?})
 Napi::Value NbdConnect(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsObject()) throw Napi::TypeError::New(env, "nbdConnect(options)");
@@ -472,6 +480,10 @@ Napi::Value NbdConnect(const Napi::CallbackInfo& info) {
   p.index = static_cast<int64_t>(NumProp(o, "index", -1));
   p.blockSize = static_cast<uint64_t>(NumProp(o, "blockSize", 512));
   p.timeoutSec = static_cast<uint64_t>(NumProp(o, "timeoutSec", 0));
+  p.deadConnTimeoutSec = static_cast<uint64_t>(NumProp(o, "deadConnTimeoutSec", 0));
+  Napi::Value rc = o.Get("reconfigure");
+  p.reconfigure = rc.IsBoolean() && rc.As<Napi::Boolean>().Value();
+  if (p.reconfigure && p.index < 0) throw Napi::TypeError::New(env, "reconfigure needs the device index");
   p.connections = static_cast<uint32_t>(NumProp(o, "connections", 1));
   if (p.connections < 1 || p.connections > 16) throw Napi::RangeError::New(env, "connections must be 1..16");
   if (p.blockSize < 512 || p.blockSize > 65536 || (p.blockSize & (p.blockSize - 1)))

@@ -14,7 +14,7 @@ import type { Attacher, Attachment, AttachRequest } from "./types.js";
 export class KernelNbdAttacher implements Attacher {
   readonly method = "nbd" as const;
 
-  constructor(private readonly opts: { log: Logger; connections?: number; timeoutSec?: number }) {}
+  constructor(private readonly opts: { log: Logger; connections?: number; timeoutSec?: number; deadConnTimeoutSec?: number }) {}
 
   static unavailableReason(): string | undefined {
     if (process.getuid?.() !== 0) return "NBD_CMD_CONNECT needs CAP_SYS_ADMIN";
@@ -23,17 +23,32 @@ export class KernelNbdAttacher implements Attacher {
   }
 
   async attach(req: AttachRequest): Promise<Attachment> {
-    let r;
+    // The backend id names the export for good: after a daemon crash the next daemon finds the device by it.
+    const backend = `tsdm:${req.export.socket}#${req.export.name}`;
+    const params = {
+      socketPath: req.export.socket,
+      exportName: req.export.name,
+      blockSize: Math.max(512, req.logicalBlockSize),
+      connections: this.opts.connections ?? 1,
+      timeoutSec: this.opts.timeoutSec ?? 0,
+      // I/O on a mounted node waits this long for a restarted daemon instead of failing at once.
+      deadConnTimeoutSec: this.opts.deadConnTimeoutSec ?? 120,
+      readOnly: req.readOnly,
+      backend,
+    };
+    let r: { index: number; size: bigint; connections: number } | undefined;
+    const orphan = findOrphan(backend, req.sizeBytes);
+    if (orphan !== undefined) {
+      try {
+        r = await nativeAttach.nbdConnect({ ...params, index: orphan, reconfigure: true });
+        r = { ...r, size: BigInt(req.sizeBytes) };
+        this.opts.log.info("reconnected kernel nbd device left by a previous daemon", { device: req.export.name, nbd: `nbd${orphan}` });
+      } catch (err) {
+        this.opts.log.warn("cannot reconnect orphaned nbd device; attaching a new one", { nbd: `nbd${orphan}`, error: String(err) });
+      }
+    }
     try {
-      r = await nativeAttach.nbdConnect({
-        socketPath: req.export.socket,
-        exportName: req.export.name,
-        blockSize: Math.max(512, req.logicalBlockSize),
-        connections: this.opts.connections ?? 1,
-        timeoutSec: this.opts.timeoutSec ?? 0,
-        readOnly: req.readOnly,
-        backend: `tsdm:${req.export.name}`,
-      });
+      r ??= await nativeAttach.nbdConnect(params);
     } catch (err) {
       throw fromSystemError(err, `attach ${req.export.name} via kernel nbd`);
     }
@@ -62,6 +77,26 @@ export class KernelNbdAttacher implements Attacher {
       })()),
     };
   }
+}
+
+/** An nbd device a previous daemon attached for this export (same backend id and size), if any. */
+function findOrphan(backend: string, sizeBytes: number): number | undefined {
+  let names: string[];
+  try {
+    names = fs.readdirSync("/sys/block").filter((n) => /^nbd\d+$/.test(n));
+  } catch {
+    return undefined;
+  }
+  for (const n of names) {
+    try {
+      if (fs.readFileSync(`/sys/block/${n}/backend`, "utf8").trim() !== backend) continue;
+      if (Number(fs.readFileSync(`/sys/block/${n}/size`, "utf8")) * 512 !== sizeBytes) continue;
+      return Number(n.slice(3));
+    } catch {
+      /* no backend attribute: not ours */
+    }
+  }
+  return undefined;
 }
 
 function readPid(kname: string): string | undefined {

@@ -11,6 +11,8 @@ export interface NativeAttach {
     index?: number;
     blockSize?: number;
     timeoutSec?: number;
+    deadConnTimeoutSec?: number;
+    reconfigure?: boolean;
     connections?: number;
     readOnly?: boolean;
     backend?: string;

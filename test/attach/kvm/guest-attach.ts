@@ -84,12 +84,36 @@ async function main(): Promise<void> {
   await sh(`cmp -n ${4 << 20} ${blob} ${backing} -i 0:${100 * 65536}`);
   step("dd oflag=direct lands on the backing disk");
 
-  await registry.remove(dev);
+  let final = { registry, dev, nodes, server };
+  if (method === "nbd") {
+    // Daemon crash with the file system mounted: a new server + node manager (as after a restart, with the
+    // device restored from state) must reconnect the kernel device, and the mount carries on.
+    await sh(`mount ${node} ${mnt} && cp ${blob} ${mnt}/before-crash && sync -f ${mnt}`);
+    await server.close(); // the kernel's connection dies; the old NodeManager is abandoned, not stopped
+    const registry2 = new DeviceRegistry(log, { devDir });
+    const server2 = new NbdServer({ registry: registry2, log });
+    await server2.listenUnix(sock);
+    const dev2 = registry2.create({ name: "kvmvol" });
+    await dev2.serialize(async () => {
+      await dev2.load([{ start: 0 as Sector, length: sectors as Sector, type: "linear", params: `${backing} 0` }], false);
+      await dev2.resume({ noflush: false });
+    });
+    const nodes2 = await NodeManager.start({ registry: registry2, mode: method, runDir: path.join(work, "run2"), log, exportOf: (d) => ({ socket: sock, name: d.name }) });
+    await nodes2.settle(dev2);
+    const info2 = nodes2.nodeFor(dev2);
+    if (info2?.path !== info.path) throw new Error(`after restart attached as ${info2?.path}, expected the orphaned ${info.path} to be reconnected`);
+    await sh(`cp ${blob} ${mnt}/after-crash && sync -f ${mnt} && umount ${mnt}`);
+    await sh(`e2fsck -fn ${node} && mount -o ro ${node} ${mnt} && cmp ${blob} ${mnt}/before-crash && cmp ${blob} ${mnt}/after-crash && umount ${mnt}`);
+    step(`daemon restart with the fs mounted: ${info.path} reconnected (NBD_CMD_RECONFIGURE), writes before and after intact, fsck clean`);
+    final = { registry: registry2, dev: dev2, nodes: nodes2, server: server2 };
+  }
+
+  await final.registry.remove(final.dev);
   const left = [fs.existsSync(node) ? node : "", fs.existsSync(`/sys/block/${path.basename(info.path)}/pid`) && fs.readFileSync(`/sys/block/${path.basename(info.path)}/pid`, "utf8").trim() ? `${info.path} still connected` : ""].filter(Boolean);
   if (left.length) throw new Error(`left behind: ${left.join(", ")}`);
   step(`removed: node gone, ${info.path} detached`);
-  await nodes.stop();
-  await server.close();
+  await final.nodes.stop();
+  await final.server.close();
   console.log(`PASS ${method}`);
 }
 
