@@ -77,6 +77,10 @@ describe.runIf(process.getuid?.() === 0)("fuse + loop attach", () => {
     const dev = await create("vol", [{ start: 0, length: 320 * 2048, type: "linear", params: `${backing} 8192` }]);
     const info = nodes.nodeFor(dev);
     expect(info?.method).toBe("fuse");
+    // The node's own NBD sessions are all the opens there are, and none of them is a user's.
+    expect(dev.openCount).toBe(4);
+    expect(nodes.ownOpens(dev)).toBe(4);
+    expect(registry.userOpenCount(dev)).toBe(0);
     expect(info?.path).toMatch(/^\/dev\/loop\d+$/);
     const st = fs.statSync(mapper("vol"));
     expect(st.isBlockDevice()).toBe(true);
