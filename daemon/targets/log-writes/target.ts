@@ -32,6 +32,8 @@ import { END_MARK, LogFlag, encodeEntry, encodeSuper, logBlocks, markEntry, maxM
 const MAX_INFLIGHT_WRITES = 16;
 /** Entries with at most this much payload are written with their header in one request. */
 const COALESCE_BYTES = 64 << 10;
+/** Consecutive queued entries (contiguous in the log) go out as one write of up to this many bytes. */
+const BATCH_BYTES = 1 << 20;
 
 /** A write-like request on its way to the log. */
 interface PendingBlock {
@@ -194,28 +196,58 @@ export class LogWritesTarget implements Target {
   }
 
   private async drain(): Promise<void> {
-    for (let block = this.queue.shift(); block; block = this.queue.shift()) await this.logOne(block);
+    for (let batch = this.takeBatch(); batch.length > 0; batch = this.takeBatch()) await this.logBatch(batch);
     await this.settleWrites();
   }
 
   /**
-   * Place one entry. Entry writes are pipelined (their places are fixed when allocated, so they may land in any
-   * order) up to MAX_INFLIGHT_WRITES at a time; a super update first waits for every earlier entry.
+   * The next entries to place together: consecutive in the queue, so contiguous in the log, up to BATCH_BYTES,
+   * and ending at the first FUA or MARK entry (whose super update must follow it).
    */
-  private async logOne(block: PendingBlock): Promise<void> {
+  private takeBatch(): PendingBlock[] {
+    const batch: PendingBlock[] = [];
+    let bytes = 0;
+    for (let next = this.queue.peek(); next; next = this.queue.peek()) {
+      const size = this.sectorSize + (next.data?.length ?? 0);
+      if (batch.length > 0 && bytes + size > BATCH_BYTES) break;
+      batch.push(this.queue.shift()!);
+      bytes += size;
+      if (next.header.flags & (LogFlag.FUA | LogFlag.MARK)) break;
+    }
+    return batch;
+  }
+
+  /**
+   * Place a batch of entries. Their places are allocated in order and written as one request where they are
+   * small (pipelined: up to MAX_INFLIGHT_WRITES requests in flight, landing in any order); after a FUA or MARK
+   * entry every earlier write is waited for, then the super block is updated.
+   */
+  private async logBatch(batch: readonly PendingBlock[]): Promise<void> {
     if (!this.loggingEnabled) return; // dropped, as the kernel frees blocks once logging is off
-    const pos = this.nextSector;
-    this.nextSector += this.unitSectors + (block.header.flags & LogFlag.DISCARD ? 0 : block.header.nrSectors * this.unitSectors);
-    if (this.nextSector >= this.logEnd) {
+    const start = this.nextSector;
+    const parts: Buffer[] = [];
+    let fitted = 0;
+    for (const block of batch) {
+      const next = this.nextSector + this.unitSectors + (block.header.flags & LogFlag.DISCARD ? 0 : block.header.nrSectors * this.unitSectors);
+      this.nextSector = next; // advanced even for the entry that does not fit, as the kernel's status shows
+      if (next >= this.logEnd) break;
+      this.loggedEntries++;
+      fitted++;
+      parts.push(encodeEntry(block.header, this.sectorSize));
+      if (block.data && block.data.length > 0) parts.push(block.data);
+    }
+    if (parts.length > 0) {
+      const write = this.writeParts(start, parts).catch((err: unknown) => this.disable(`Error writing to the log device: ${errorText(err)}`));
+      this.inflightWrites.add(write);
+      void write.finally(() => this.inflightWrites.delete(write));
+      if (this.inflightWrites.size >= MAX_INFLIGHT_WRITES) await Promise.race(this.inflightWrites);
+    }
+    if (fitted < batch.length) {
+      // An entry did not fit: the ones before it stay logged, it and everything after are dropped.
       this.disable("Ran out of space on the logdev");
       return;
     }
-    this.loggedEntries++;
-    const write = this.writeEntry(pos, block).catch((err: unknown) => this.disable(`Error writing to the log device: ${errorText(err)}`));
-    this.inflightWrites.add(write);
-    void write.finally(() => this.inflightWrites.delete(write));
-    if (this.inflightWrites.size >= MAX_INFLIGHT_WRITES) await Promise.race(this.inflightWrites);
-    if (block.header.flags & (LogFlag.FUA | LogFlag.MARK)) {
+    if (batch[batch.length - 1]!.header.flags & (LogFlag.FUA | LogFlag.MARK)) {
       await this.settleWrites();
       if (!this.loggingEnabled) return; // never count entries past a failed write
       const count = this.loggedEntries;
@@ -223,13 +255,29 @@ export class LogWritesTarget implements Target {
     }
   }
 
-  private async writeEntry(pos: number, block: PendingBlock): Promise<void> {
-    const header = encodeEntry(block.header, this.sectorSize);
-    const data = block.data;
-    if (!data || data.length === 0) return this.logWrite(pos, header);
-    // Small entries go out as one write; large payloads are not copied again.
-    if (data.length <= COALESCE_BYTES) return this.logWrite(pos, Buffer.concat([header, data]));
-    await Promise.all([this.logWrite(pos, header), this.logWrite(pos + this.unitSectors, data)]);
+  /** Write consecutive log pieces starting at `sector`: small ones gathered into one request, large payloads as they are. */
+  private async writeParts(sector: number, parts: readonly Buffer[]): Promise<void> {
+    const writes: Promise<void>[] = [];
+    let run: Buffer[] = [];
+    let runStart = sector;
+    let pos = sector;
+    const flushRun = (): void => {
+      if (run.length === 0) return;
+      writes.push(this.logWrite(runStart, run.length === 1 ? run[0]! : Buffer.concat(run)));
+      run = [];
+    };
+    for (const p of parts) {
+      if (p.length > COALESCE_BYTES) {
+        flushRun();
+        writes.push(this.logWrite(pos, p)); // large payloads are not copied again
+      } else {
+        if (run.length === 0) runStart = pos;
+        run.push(p);
+      }
+      pos += p.length / SECTOR_SIZE;
+    }
+    flushRun();
+    await Promise.all(writes);
   }
 
   private async settleWrites(): Promise<void> {
@@ -294,6 +342,10 @@ class Fifo<T> {
   push(item: T): void {
     this.items.push(item);
   }
+  peek(): T | undefined {
+    return this.head < this.items.length ? this.items[this.head] : undefined;
+  }
+
   shift(): T | undefined {
     if (this.head >= this.items.length) return undefined;
     const item = this.items[this.head]!;
