@@ -12,6 +12,7 @@ import { NbdServer } from "./nbd/server.js";
 import { baseAllocation, MetaContextRegistry } from "./nbd/meta-context.js";
 import { eraWrittenSince } from "./targets/era/nbd-context.js";
 import { NodeManager } from "./attach/node-manager.js";
+import { attachModeError } from "./attach/select.js";
 import { registerBuiltinTargets } from "./targets/all.js";
 
 export const VERSION = "0.1.0";
@@ -28,6 +29,8 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
   // Everything that can be wrong in the configuration is checked before anything is bound or restored.
   const policy = config.authz ? loadAuthz(config.authz) : undefined;
   const tls = config.tls ? loadTlsMaterial(config.tls) : undefined;
+  const attachError = attachModeError(config.attach);
+  if (attachError) throw new Error(attachError);
   const activatedFd = inheritedSocketFd();
   // A second daemon on the same socket stops here, before touching anything.
   if (activatedFd === undefined) await claimSocketPath(config.socket);

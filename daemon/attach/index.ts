@@ -1,3 +1,3 @@
 export { NodeManager, type NodeInfo, type NodeManagerOptions } from "./node-manager.js";
-export { chooseAttacher, probeMethods } from "./select.js";
+export { attachModeError, chooseAttacher, probeMethods } from "./select.js";
 export type { AttachMethod, AttachMode, Attacher, Attachment, ExportRef, KernelNode } from "./types.js";

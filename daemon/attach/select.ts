@@ -33,6 +33,13 @@ export function chooseAttacher(mode: Exclude<AttachMode, "none">, env: AttacherE
   return { error: `cannot attach kernel block devices (--attach ${mode}): ${order.map((o) => `${o}: ${probe[o]}`).join("; ")}` };
 }
 
+/** The error an explicit --attach method would fail with here, checked before the daemon binds anything. */
+export function attachModeError(mode: AttachMode): string | undefined {
+  if (mode === "none" || mode === "auto") return undefined;
+  const why = probeMethods()[mode];
+  return why === undefined ? undefined : `cannot attach kernel block devices (--attach ${mode}): ${mode}: ${why}`;
+}
+
 function make(m: AttachMethod, env: AttacherEnv): Attacher {
   switch (m) {
     case "ublk":
