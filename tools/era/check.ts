@@ -1,7 +1,7 @@
 import { checkReferenceCounts, readEraArray, readerTm, readSuperblock, readWritesets } from "../../daemon/targets/era/inspect.js";
 import { MD_BLOCK_SECTORS } from "../../daemon/targets/era/pdata/block.js";
 import type { EraSuperblock } from "../../daemon/targets/era/superblock.js";
-import { parseOptions, processIo, type ToolIo, VERSION } from "./options.js";
+import { processIo, type ToolIo, toolPrelude } from "./options.js";
 import { openMetadata } from "./open.js";
 
 const USAGE = ["Usage: era_check [options] {device|file}", "Options:", "  {-q|--quiet}", "  {-h|--help}", "  {-V|--version}", "  {--super-block-only}", "  {--check-space-map}", ""].join("\n");
@@ -12,31 +12,14 @@ const USAGE = ["Usage: era_check [options] {device|file}", "Options:", "  {-q|--
  * superblock (0.9.0 ignored it); --check-space-map also recounts every reference against the space map.
  */
 export async function runCheck(argv: string[], streams: ToolIo = processIo()): Promise<number> {
-  const p = parseOptions(argv, {
+  const pre = toolPrelude("era check", USAGE, argv, {
     quiet: { short: "q", arg: false },
-    help: { short: "h", arg: false },
-    version: { short: "V", arg: false },
     "super-block-only": { arg: false },
     "check-space-map": { arg: false },
-  });
-  if ("error" in p) {
-    streams.stderr.write(`era check: ${p.error}\n${USAGE}`);
-    return 1;
-  }
-  if (p.opts.has("help")) {
-    streams.stdout.write(USAGE);
-    return 0;
-  }
-  if (p.opts.has("version")) {
-    streams.stdout.write(`${VERSION}\n`);
-    return 0;
-  }
-  const path = p.positional[0];
-  if (!path) {
-    streams.stderr.write(`No input file provided.\n${USAGE}`);
-    return 1;
-  }
-  const quiet = p.opts.has("quiet");
+  }, streams);
+  if (typeof pre === "number") return pre;
+  const { opts, path } = pre;
+  const quiet = opts.has("quiet");
   const out = (depth: number, msg: string): void => {
     if (!quiet) streams.stderr.write(`${"  ".repeat(depth)}${msg}\n`);
   };
@@ -68,7 +51,7 @@ export async function runCheck(argv: string[], streams: ToolIo = processIo()): P
       out(2, invalid);
       return 1;
     }
-    if (p.opts.has("super-block-only")) return 0;
+    if (opts.has("super-block-only")) return 0;
     let failed = false;
     const tm = readerTm(io);
     try {
@@ -94,7 +77,7 @@ export async function runCheck(argv: string[], streams: ToolIo = processIo()): P
       out(0, "missing eras from era array");
       out(1, (e as Error).message);
     }
-    if (p.opts.has("check-space-map")) {
+    if (opts.has("check-space-map")) {
       out(0, "examining space map reference counts");
       const r = await checkReferenceCounts(io);
       for (const msg of r.problems.slice(0, 50)) out(1, msg);

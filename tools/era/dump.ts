@@ -1,6 +1,6 @@
 import fs from "node:fs";
 import { readEraArray, readerTm, readSuperblock, readWritesets } from "../../daemon/targets/era/inspect.js";
-import { LineWriter, parseOptions, processIo, type ToolIo, VERSION } from "./options.js";
+import { LineWriter, processIo, type ToolIo, toolPrelude } from "./options.js";
 import { openMetadata } from "./open.js";
 
 const USAGE = ["Usage: era_dump [options] {device|file}", "Options:", "  {-h|--help}", "  {-o <xml file>}", "  {-V|--version}", "  {--repair}", "  {--logical}", ""].join("\n");
@@ -15,26 +15,11 @@ const xmlAttr = (s: string): string => s.replace(/&/g, "&amp;").replace(/"/g, "&
 
 /** `tsdm era dump`: era_dump 0.9.0's XML (every writeset bit, every era-array entry); --logical folds writesets in. */
 export async function runDump(argv: string[], streams: ToolIo = processIo()): Promise<number> {
-  const p = parseOptions(argv, { help: { short: "h", arg: false }, output: { short: "o", arg: true }, version: { short: "V", arg: false }, repair: { arg: false }, logical: { arg: false } });
-  if ("error" in p) {
-    streams.stderr.write(`era dump: ${p.error}\n${USAGE}`);
-    return 1;
-  }
-  if (p.opts.has("help")) {
-    streams.stdout.write(USAGE);
-    return 0;
-  }
-  if (p.opts.has("version")) {
-    streams.stdout.write(`${VERSION}\n`);
-    return 0;
-  }
-  const path = p.positional[0];
-  if (!path) {
-    streams.stderr.write(`No input file provided.\n${USAGE}`);
-    return 1;
-  }
-  const repair = p.opts.has("repair");
-  const output = p.opts.get("output");
+  const pre = toolPrelude("era dump", USAGE, argv, { output: { short: "o", arg: true }, repair: { arg: false }, logical: { arg: false } }, streams);
+  if (typeof pre === "number") return pre;
+  const { opts, path } = pre;
+  const repair = opts.has("repair");
+  const output = opts.get("output");
   try {
     const io = openMetadata(path);
     try {
@@ -47,7 +32,7 @@ export async function runDump(argv: string[], streams: ToolIo = processIo()): Pr
       const eras = await readEraArray(tm, sb.eraArrayRoot).catch((e) => (repair ? new Uint32Array(0) : damage(e)));
       const w = (typeof output === "string" ? new LineWriter(fs.createWriteStream(output), true) : new LineWriter(streams.stdout));
       if (w.line(`<superblock uuid="${xmlAttr(uuidText(sb.uuid))}" block_size="${sb.dataBlockSize}" nr_blocks="${sb.nrBlocks}" current_era="${sb.currentEra}">`)) await w.flush();
-      if (p.opts.has("logical")) {
+      if (opts.has("logical")) {
         // 0.9.0 keeps the first (oldest) archived era that has the bit, then takes it only if above the array's.
         const exceptions = new Map<number, number>();
         for (const ws of writesets) for (let b = 0; b < ws.bits.length; b++) if (ws.bits[b] && !exceptions.has(b)) exceptions.set(b, ws.era);

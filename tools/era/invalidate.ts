@@ -1,6 +1,6 @@
 import fs from "node:fs";
 import { blocksWrittenSince, readEraArray, readerTm, readSuperblock, readWritesets } from "../../daemon/targets/era/inspect.js";
-import { LineWriter, parseOptions, processIo, type ToolIo, VERSION } from "./options.js";
+import { LineWriter, processIo, type ToolIo, toolPrelude } from "./options.js";
 import { openMetadata } from "./open.js";
 
 const USAGE = ["Usage: era_invalidate [options] --written-since <era> {device|file}", "Options:", "  {-h|--help}", "  {-o <xml file>}", "  {-V|--version}", ""].join("\n");
@@ -10,31 +10,14 @@ const USAGE = ["Usage: era_invalidate [options] --written-since <era> {device|fi
  * XML. With --metadata-snapshot the snapshot's trees are read (0.9.0 read the live ones by mistake, issue #192).
  */
 export async function runInvalidate(argv: string[], streams: ToolIo = processIo()): Promise<number> {
-  const p = parseOptions(argv, {
-    help: { short: "h", arg: false },
+  const pre = toolPrelude("era invalidate", USAGE, argv, {
     output: { short: "o", arg: true },
-    version: { short: "V", arg: false },
     "metadata-snapshot": { arg: false },
     "written-since": { arg: true },
-  });
-  if ("error" in p) {
-    streams.stderr.write(`era invalidate: ${p.error}\n${USAGE}`);
-    return 1;
-  }
-  if (p.opts.has("help")) {
-    streams.stdout.write(USAGE);
-    return 0;
-  }
-  if (p.opts.has("version")) {
-    streams.stdout.write(`${VERSION}\n`);
-    return 0;
-  }
-  const path = p.positional[0];
-  if (!path) {
-    streams.stderr.write(`No input file provided.\n${USAGE}`);
-    return 1;
-  }
-  const sinceText = p.opts.get("written-since");
+  }, streams);
+  if (typeof pre === "number") return pre;
+  const { opts, path } = pre;
+  const sinceText = opts.get("written-since");
   if (sinceText === undefined) {
     streams.stderr.write(`Please specify --written-since\n${USAGE}`);
     return 1;
@@ -48,7 +31,7 @@ export async function runInvalidate(argv: string[], streams: ToolIo = processIo(
     const io = openMetadata(path);
     try {
       let sb = await readSuperblock(io, 0);
-      if (p.opts.has("metadata-snapshot")) {
+      if (opts.has("metadata-snapshot")) {
         if (!sb.metadataSnap) throw new Error("no metadata snapshot taken.");
         sb = await readSuperblock(io, sb.metadataSnap);
       }
@@ -61,7 +44,7 @@ export async function runInvalidate(argv: string[], streams: ToolIo = processIo(
       } catch (e) {
         throw new Error("metadata contains errors (run era_check for details).", { cause: e });
       }
-      const output = p.opts.get("output");
+      const output = opts.get("output");
       const w = (typeof output === "string" ? new LineWriter(fs.createWriteStream(output), true) : new LineWriter(streams.stdout));
       if (w.line("<blocks>")) await w.flush();
       for (let i = 0; i < blocks.length; ) {

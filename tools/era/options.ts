@@ -40,6 +40,39 @@ export function parseOptions(argv: readonly string[], spec: OptSpec): Parsed {
 }
 
 /**
+ * What every era tool does first, as the thin-provisioning-tools do: parse its options (always with -h/--help
+ * and -V/--version), answer help and version, and require the metadata path. Returns the exit code when the
+ * tool is done already, else the parsed options and the path.
+ */
+export function toolPrelude(
+  tool: string,
+  usage: string,
+  argv: readonly string[],
+  spec: OptSpec,
+  streams: ToolIo,
+): number | { opts: Map<string, string | true>; path: string } {
+  const p = parseOptions(argv, { help: { short: "h", arg: false }, version: { short: "V", arg: false }, ...spec });
+  if ("error" in p) {
+    streams.stderr.write(`${tool}: ${p.error}\n${usage}`);
+    return 1;
+  }
+  if (p.opts.has("help")) {
+    streams.stdout.write(usage);
+    return 0;
+  }
+  if (p.opts.has("version")) {
+    streams.stdout.write(`${VERSION}\n`);
+    return 0;
+  }
+  const path = p.positional[0];
+  if (!path) {
+    streams.stderr.write(`No input file provided.\n${usage}`);
+    return 1;
+  }
+  return { opts: p.opts, path };
+}
+
+/**
  * Buffered output for millions of lines, honouring back-pressure (a pipe to stdout may be non-blocking, where
  * fs.writeSync would fail with EAGAIN). `line` returns true when the caller should `await flush()`.
  */
