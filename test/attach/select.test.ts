@@ -3,6 +3,7 @@ import { describe, expect, it } from "vitest";
 import { chooseAttacher, probeMethods } from "../../daemon/attach/select.js";
 import { silentLogger } from "../../daemon/core/log.js";
 import { startDaemon } from "../helpers/daemon.js";
+import { tempDir } from "../helpers/registry.js";
 
 // Method selection against what this kernel really offers (this machine: no nbd, no ublk; FUSE + loop).
 describe.runIf(process.getuid?.() === 0)("attach method selection", () => {
@@ -33,14 +34,18 @@ describe.runIf(process.getuid?.() === 0)("attach method selection", () => {
   it("tsdmd --attach with an unusable method refuses to start", async () => {
     const missing = (["ublk", "nbd"] as const).find((m) => probe[m] !== undefined);
     if (!missing) return;
-    const err = await startDaemon({ args: ["--attach", missing] }).then(
-      async (d) => {
-        await d.stop();
-        d.cleanup();
-        return undefined;
-      },
-      (e: Error) => e,
-    );
-    expect(err?.message).toMatch(/cannot attach kernel block devices/);
+    const tmp = tempDir("tsdm-select-");
+    try {
+      const err = await startDaemon({ dir: tmp.dir, args: ["--attach", missing] }).then(
+        async (d) => {
+          await d.stop();
+          return undefined;
+        },
+        (e: Error) => e,
+      );
+      expect(err?.message).toMatch(/cannot attach kernel block devices/);
+    } finally {
+      tmp.cleanup();
+    }
   });
 });
