@@ -57,16 +57,6 @@ export async function ranges(dev: MappedDevice): Promise<string[]> {
   return lines;
 }
 
-export async function expectDmError(p: Promise<unknown>, errno: string, text?: RegExp): Promise<void> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(DmError);
-  expect((err as DmError).errno).toBe(errno);
-  if (text) expect((err as DmError).message).toMatch(text);
-}
-
 export async function restoreFile(path: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
   const raw = await FileRawDevice.open(path, { readOnly: Boolean(opts.dryRun) });
   try {
@@ -116,3 +106,5 @@ export function rng(seed: number): () => number {
     return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
   };
 }
+
+export { expectDmError } from "../helpers/errors.js";

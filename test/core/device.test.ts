@@ -5,6 +5,7 @@ import type { Sector } from "../../daemon/core/units.js";
 import type { Bio } from "../../daemon/io/bio.js";
 import type { DeviceRegistry } from "../../daemon/device/registry.js";
 import { makeFile, makeRegistry, tempDir } from "../helpers/registry.js";
+import { expectDmError } from "../helpers/errors.js";
 
 const S = (n: number) => n as Sector;
 const line = (start: number, length: number, type: string, params = "") => ({ start: S(start), length: S(length), type, params });
@@ -21,16 +22,6 @@ afterEach(async () => {
   for (const d of reg.list()) await reg.remove(d).catch(() => undefined);
   tmp.cleanup();
 });
-
-async function expectDmError(p: Promise<unknown>, errno: string, text?: RegExp): Promise<void> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(DmError);
-  expect((err as DmError).errno).toBe(errno);
-  if (text) expect((err as DmError).message).toMatch(text);
-}
 
 describe("table validation (kernel rules)", () => {
   it.each([

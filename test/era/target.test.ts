@@ -6,6 +6,7 @@ import type { DeviceRegistry } from "../../daemon/device/registry.js";
 import type { Bio } from "../../daemon/io/bio.js";
 import { EraTarget } from "../../daemon/targets/era/target.js";
 import { makeFile, makeRegistry, tempDir } from "../helpers/registry.js";
+import { expectDmError } from "../helpers/errors.js";
 import {
   createEra,
   eraOf,
@@ -31,16 +32,6 @@ afterEach(async () => {
   for (const d of reg.list()) await reg.remove(d).catch(() => undefined);
   tmp.cleanup();
 });
-
-async function expectDmError(p: Promise<unknown>, errno: string, text?: RegExp): Promise<void> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(DmError);
-  expect((err as DmError).errno).toBe(errno);
-  if (text) expect((err as DmError).message).toMatch(text);
-}
 
 const eraTargetOf = (dev: { live?: unknown }): EraTarget => {
   const t = (dev.live as { entries: Array<{ target: unknown }> }).entries[0]!.target;

@@ -5,6 +5,9 @@ import type { Sector } from "../../daemon/core/units.js";
 import type { Bio } from "../../daemon/io/bio.js";
 import type { DeviceRegistry } from "../../daemon/device/registry.js";
 import type { MappedDevice } from "../../daemon/device/mapped-device.js";
+import { caught, expectDmError } from "../helpers/errors.js";
+
+export { caught, expectDmError };
 
 /** Shared helpers for the target tests: bios, table lines, and devices with a live table. */
 export const S = (n: number): Sector => n as Sector;
@@ -20,22 +23,6 @@ export function pattern(bytes: number, seed = 1): Buffer {
   const b = Buffer.alloc(bytes);
   for (let i = 0; i < bytes; i++) b[i] = (Math.imul(i + 1, 2654435761 + seed) >>> 13) & 0xff;
   return b;
-}
-
-export async function caught(p: Promise<unknown>): Promise<unknown> {
-  return p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-}
-
-export async function expectDmError(p: Promise<unknown>, errno: string, text?: string | RegExp): Promise<DmError> {
-  const err = await caught(p);
-  expect(err).toBeInstanceOf(DmError);
-  expect((err as DmError).errno).toBe(errno);
-  if (typeof text === "string") expect((err as DmError).message).toContain(text);
-  else if (text) expect((err as DmError).message).toMatch(text);
-  return err as DmError;
 }
 
 /** A device named `name` with `lines` loaded and resumed. */
@@ -67,3 +54,4 @@ export async function expectLoadRejected(dev: MappedDevice, lines: ReturnType<ty
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
