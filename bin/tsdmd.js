@@ -5,4 +5,5 @@
 import os from "node:os";
 process.env.UV_THREADPOOL_SIZE ??= String(Math.max(4, 2 * os.availableParallelism()));
 const { runTsdmd } = await import("../dist/daemon/main.js");
-process.exitCode = await runTsdmd(process.argv.slice(2));
+// Exit with the code once the daemon is done, even if a failed start left a handle behind.
+process.exit(await runTsdmd(process.argv.slice(2)));

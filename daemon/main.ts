@@ -50,58 +50,72 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     // base:allocation, plus "blocks written since era N" on era devices (incremental backup over NBD).
     metaContexts: new MetaContextRegistry([baseAllocation, eraWrittenSince]),
   });
-  await nbd.listenUnix(config.nbdSocket);
-  if (config.nbdListen) await nbd.listenTcp(config.nbdListen.host, config.nbdListen.port);
-  // Kernel block devices behind $DM_DEV_DIR/mapper/NAME (--attach: ublk > kernel nbd > nbdfuse + loop).
-  const nodes = await NodeManager.start({
-    registry,
-    mode: config.attach,
-    runDir: path.join(config.stateDir, "attach"),
-    exportOf: (d) => ({ socket: path.resolve(config.nbdSocket), name: d.name }),
-    log: log.child({ component: "attach" }),
-  });
-
-  const audit = new AuditLog(path.join(config.stateDir, "audit.log"));
-  const nbdSocket = path.resolve(config.nbdSocket);
-  const api = new ApiServer({
-    registry,
-    nodes,
-    version: VERSION,
-    log: log.child({ component: "api" }),
-    persist: () => store.commit(),
-    nbdUri: (name) => `nbd+unix:///${encodeURIComponent(name)}?socket=${nbdSocket}`,
-    // Audit outermost, so that calls the authorization refuses are audited too.
-    interceptors: [auditInterceptor(audit), authzInterceptor(policy, log.child({ component: "authz" }))],
-  });
-  if (config.listen && tls) {
-    const port = await api.listenTls(config.listen, tls);
-    log.info("remote API listening (mTLS)", { listen: config.listen, port });
+  // From here on a failure must undo what was started, or the listeners would keep the process alive.
+  const undo: (() => Promise<void>)[] = [];
+  try {
+    return await startServing();
+  } catch (err) {
+    for (const u of undo.reverse()) await u().catch(() => undefined);
+    throw err;
   }
-  // The control socket last: once it answers, everything else is up.
-  if (activatedFd !== undefined) await api.listenInherited(activatedFd);
-  else await api.listenUnix(config.socket, { group: config.group });
-  log.info("tsdmd ready", { socket: config.socket, nbdSocket: config.nbdSocket, stateDir: config.stateDir, version: VERSION });
 
-  let stopping: Promise<void> | undefined;
-  const stop = (): Promise<void> =>
-    (stopping ??= (async () => {
-      log.info("tsdmd stopping");
-      api.health.setStatus("", "NOT_SERVING");
-      store.stop(); // the teardown below must not erase what the next start restores
-      await api.close();
-      await nodes.stop(); // before the NBD server goes: the kernel nodes' I/O runs through it
-      await nbd.close();
-      // Tear devices down from the top of each stack: targets write their final state (dtr).
-      for (let progress = true; progress && registry.list().length > 0; ) {
-        progress = false;
-        for (const dev of registry.list()) {
-          if (dev.openCount > 0) continue;
-          await registry.remove(dev).then(() => (progress = true), (err) => log.error("teardown failed", { device: dev.name, error: String(err) }));
+  async function startServing(): Promise<RunningDaemon> {
+    undo.push(() => nbd.close());
+    await nbd.listenUnix(config.nbdSocket);
+    if (config.nbdListen) await nbd.listenTcp(config.nbdListen.host, config.nbdListen.port);
+    // Kernel block devices behind $DM_DEV_DIR/mapper/NAME (--attach: ublk > kernel nbd > nbdfuse + loop).
+    const nodes = await NodeManager.start({
+      registry,
+      mode: config.attach,
+      runDir: path.join(config.stateDir, "attach"),
+      exportOf: (d) => ({ socket: path.resolve(config.nbdSocket), name: d.name }),
+      log: log.child({ component: "attach" }),
+    });
+    undo.push(() => nodes.stop());
+
+    const audit = new AuditLog(path.join(config.stateDir, "audit.log"));
+    const nbdSocket = path.resolve(config.nbdSocket);
+    const api = new ApiServer({
+      registry,
+      nodes,
+      version: VERSION,
+      log: log.child({ component: "api" }),
+      persist: () => store.commit(),
+      nbdUri: (name) => `nbd+unix:///${encodeURIComponent(name)}?socket=${nbdSocket}`,
+      // Audit outermost, so that calls the authorization refuses are audited too.
+      interceptors: [auditInterceptor(audit), authzInterceptor(policy, log.child({ component: "authz" }))],
+    });
+    undo.push(() => api.close());
+    if (config.listen && tls) {
+      const port = await api.listenTls(config.listen, tls);
+      log.info("remote API listening (mTLS)", { listen: config.listen, port });
+    }
+    // The control socket last: once it answers, everything else is up.
+    if (activatedFd !== undefined) await api.listenInherited(activatedFd);
+    else await api.listenUnix(config.socket, { group: config.group });
+    log.info("tsdmd ready", { socket: config.socket, nbdSocket: config.nbdSocket, stateDir: config.stateDir, version: VERSION });
+
+    let stopping: Promise<void> | undefined;
+    const stop = (): Promise<void> =>
+      (stopping ??= (async () => {
+        log.info("tsdmd stopping");
+        api.health.setStatus("", "NOT_SERVING");
+        store.stop(); // the teardown below must not erase what the next start restores
+        await api.close();
+        await nodes.stop(); // before the NBD server goes: the kernel nodes' I/O runs through it
+        await nbd.close();
+        // Tear devices down from the top of each stack: targets write their final state (dtr).
+        for (let progress = true; progress && registry.list().length > 0; ) {
+          progress = false;
+          for (const dev of registry.list()) {
+            if (dev.openCount > 0) continue;
+            await registry.remove(dev).then(() => (progress = true), (err) => log.error("teardown failed", { device: dev.name, error: String(err) }));
+          }
         }
-      }
-      audit.close();
-    })());
-  return { config, registry, stop };
+        audit.close();
+      })());
+    return { config, registry, stop };
+  }
 }
 
 /** The tsdmd command line: start, then stop cleanly on SIGTERM/SIGINT. */

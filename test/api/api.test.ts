@@ -1,4 +1,5 @@
 import fs from "node:fs";
+import net from "node:net";
 import path from "node:path";
 import { status as Code } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -136,6 +137,24 @@ describe("daemon lifecycle", () => {
     expect(second.code).not.toBe(0);
     expect(second.stderr).toMatch(/in use by a running daemon/);
     expect(fs.existsSync(d.socket)).toBe(true);
+  });
+
+  it("a start that fails after some listeners are up exits with an error instead of hanging", async () => {
+    const busy = net.createServer();
+    await new Promise<void>((r) => busy.listen(0, "127.0.0.1", () => r()));
+    const port = (busy.address() as net.AddressInfo).port;
+    try {
+      const r = await run(
+        process.execPath,
+        [path.join(ROOT, "bin", "tsdmd.js"), "--socket", path.join(d.dir, "late.sock"), "--nbd-socket", path.join(d.dir, "late-nbd.sock"), "--state-dir", path.join(d.dir, "late-state"), "--nbd-listen", `127.0.0.1:${port}`],
+        { timeoutMs: 30_000 },
+      );
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/tsdmd failed to start.*EADDRINUSE/);
+      expect(fs.existsSync(path.join(d.dir, "late.sock"))).toBe(false);
+    } finally {
+      busy.close();
+    }
   });
 
   it("brings devices back after kill -9, data intact; a device whose backing is gone comes back in an error state", async () => {
