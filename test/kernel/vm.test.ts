@@ -1,0 +1,42 @@
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { ROOT, run } from "../helpers/daemon.js";
+
+/**
+ * tsdm against the kernel's own targets, in the kernel VM of ../shared/tools/kvm (Debian 6.12 under TCG; the
+ * host kernel has no device-mapper). Each script boots the guest once (seconds to a minute) and exits 0 only
+ * when tsdm and the kernel agree. Root is needed for the loop devices; TSDM_KVM_TESTS=0 leaves them out.
+ */
+const enabled = process.getuid?.() === 0 && process.env.TSDM_KVM_TESTS !== "0";
+
+async function script(rel: string, env: NodeJS.ProcessEnv = {}): Promise<string> {
+  const r = await run("bash", [path.join(ROOT, rel)], { env, timeoutMs: 600_000 });
+  expect(r.code, `${rel} failed:\n${r.stdout}\n${r.stderr}`).toBe(0);
+  return r.stdout + r.stderr;
+}
+
+// One file, so the VM runs one at a time (they share the guest build under $KVM_DIR).
+describe.runIf(enabled)("kernel VM oracles", () => {
+  it("log-writes: the same workload gives byte-identical logs and data through the kernel and tsdm (512 B sectors)", async () => {
+    const out = await script("test/log-writes/kernel/compare.sh");
+    expect(out).toContain("log images byte-identical");
+    expect(out).toContain("data images identical");
+  }, 600_000);
+
+  it("log-writes: byte-identical logs on a 4 KiB-sector data device", async () => {
+    const out = await script("test/log-writes/kernel/compare.sh", { SECTOR: "4096" });
+    expect(out).toContain("log images byte-identical");
+  }, 600_000);
+
+  it("era: metadata written by the kernel opens in tsdm and the other way round; same era_dump", async () => {
+    const out = await script("test/era/kernel/run.sh");
+    expect(out).toMatch(/OK\s+era_dump of tsdm's image equals era_dump of the kernel's image/);
+    expect(out).not.toMatch(/^FAIL/m);
+  }, 600_000);
+
+  it("attach: a tsdm device through kernel NBD and through ublk: mkfs, mount, fstrim, EBUSY, fsck, read back, detach", async () => {
+    const methods = (process.env.METHODS ?? "nbd ublk").split(/\s+/).filter(Boolean);
+    const out = await script("test/attach/kvm/run.sh", { METHODS: methods.join(" ") });
+    for (const m of methods) expect(out).toContain(`PASS ${m}`);
+  }, 900_000);
+});
