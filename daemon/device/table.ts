@@ -142,7 +142,7 @@ export class Table {
     const max = e.target.maxIoSectors;
     if (end <= e.start + e.length && (max === undefined || bio.count <= max - ((bio.sector - e.start) % max))) {
       // The common case: the bio falls inside one target (and one max_io_len window).
-      return e.target.map(bio.sector === e.start ? bio : { ...bio, sector: (bio.sector - e.start) as Sector });
+      return e.target.map(e.start === 0 ? bio : { ...bio, sector: (bio.sector - e.start) as Sector });
     }
     return this.mapSplit(bio);
   }
