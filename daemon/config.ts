@@ -6,7 +6,7 @@ export const USAGE = `Usage: tsdmd [options]
 Serves device-mapper devices in userspace: a gRPC control API for tsdmsetup, and every device as an NBD export.
 
   --socket PATH         control socket (default ${defaultSocketPath()}; env TSDM_SOCKET)
-  --group GID           make the control socket 0660 for this group (default: 0600, owner only)
+  --group GID           make the control and NBD sockets 0660 for this group (default: 0600, owner only)
   --nbd-socket PATH     NBD unix socket (default ${defaultNbdSocketPath()})
   --nbd-listen H:P      also serve NBD on TCP (e.g. 127.0.0.1:10809)
   --state-dir DIR       persistent state (default ${defaultStateDir()})

@@ -1,6 +1,7 @@
 import fs from "node:fs";
 import path from "node:path";
-import { ApiServer, claimSocketPath, inheritedSocketFd } from "./api/server.js";
+import { ApiServer, inheritedSocketFd } from "./api/server.js";
+import { claimSocketPath } from "./core/unix-socket.js";
 import { AuditLog, auditInterceptor } from "./api/audit.js";
 import { authzInterceptor, loadAuthz } from "./api/authz.js";
 import { loadTlsMaterial } from "./api/tls.js";
@@ -61,7 +62,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
 
   async function startServing(): Promise<RunningDaemon> {
     undo.push(() => nbd.close());
-    await nbd.listenUnix(config.nbdSocket);
+    await nbd.listenUnix(config.nbdSocket, { group: config.group });
     if (config.nbdListen) await nbd.listenTcp(config.nbdListen.host, config.nbdListen.port);
     // Kernel block devices behind $DM_DEV_DIR/mapper/NAME (--attach: ublk > kernel nbd > nbdfuse + loop).
     const nodes = await NodeManager.start({

@@ -5,6 +5,7 @@ import { Server, ServerCredentials, type ServerInterceptor } from "@grpc/grpc-js
 import { HealthImplementation } from "grpc-health-check";
 import { DeviceMapperServiceService } from "../../gen/tsdm/v1/tsdm.js";
 import type { Logger } from "../core/log.js";
+import { bindPrivate, claimSocketPath } from "../core/unix-socket.js";
 import { addReflection } from "./reflection.js";
 import { createService, type ServiceOptions } from "./service.js";
 
@@ -34,16 +35,7 @@ export class ApiServer {
   /** Bind the control socket. A stale socket file is replaced; a live daemon's socket is refused. */
   async listenUnix(socketPath: string, opts: { group?: number } = {}): Promise<void> {
     await claimSocketPath(socketPath);
-    const old = process.umask(0o177);
-    try {
-      await this.bind(`unix://${path.resolve(socketPath)}`, ServerCredentials.createInsecure());
-    } finally {
-      process.umask(old);
-    }
-    if (opts.group !== undefined) {
-      fs.chownSync(socketPath, process.getuid?.() ?? 0, opts.group);
-      fs.chmodSync(socketPath, 0o660);
-    }
+    await bindPrivate(socketPath, opts.group, () => this.bind(`unix://${path.resolve(socketPath)}`, ServerCredentials.createInsecure()));
     this.unixPaths.push(socketPath);
   }
 
@@ -90,10 +82,6 @@ export class ApiServer {
   }
 }
 
-/**
- * Make `socketPath` usable: create its directory (0755 — the socket's own mode is the gate), and remove a
- * stale socket file. If something answers on it, another daemon owns it: refuse.
- */
 /** The first socket passed by systemd (LISTEN_FDS/LISTEN_PID), if this process was socket-activated. */
 export function inheritedSocketFd(env: NodeJS.ProcessEnv = process.env): number | undefined {
   if (env.LISTEN_PID !== String(process.pid)) return undefined;
@@ -101,23 +89,3 @@ export function inheritedSocketFd(env: NodeJS.ProcessEnv = process.env): number 
   return n >= 1 ? 3 : undefined;
 }
 
-export async function claimSocketPath(socketPath: string): Promise<void> {
-  fs.mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o755 });
-  let st: fs.Stats;
-  try {
-    st = fs.lstatSync(socketPath);
-  } catch {
-    return;
-  }
-  if (!st.isSocket()) throw new Error(`${socketPath} exists and is not a socket`);
-  const alive = await new Promise<boolean>((resolve) => {
-    const s = net.connect(socketPath);
-    s.once("connect", () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once("error", () => resolve(false));
-  });
-  if (alive) throw new Error(`${socketPath} is in use by a running daemon`);
-  fs.rmSync(socketPath, { force: true });
-}

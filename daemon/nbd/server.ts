@@ -1,7 +1,7 @@
-import fs from "node:fs";
 import net from "node:net";
 import type { DeviceRegistry, RegistryEvent } from "../device/registry.js";
 import type { Logger } from "../core/log.js";
+import { bindPrivate, claimSocketPath } from "../core/unix-socket.js";
 import { ByteQueue } from "./byte-queue.js";
 import { Connection } from "./connection.js";
 import { negotiate, ProtocolViolation } from "./handshake.js";
@@ -45,10 +45,13 @@ export class NbdServer {
     this.registry.on("event", this.onRegistryEvent);
   }
 
-  /** Listen on a unix socket; a stale socket file (nobody accepting on it) is replaced. */
-  async listenUnix(path: string): Promise<void> {
-    await removeStaleSocket(path);
-    await this.listen((s) => s.listen(path));
+  /**
+   * Listen on a unix socket, mode 0600 (0660 for `group`): it gives raw access to every device. A stale socket
+   * file (nobody accepting on it) is replaced.
+   */
+  async listenUnix(path: string, opts: { group?: number } = {}): Promise<void> {
+    await claimSocketPath(path);
+    await bindPrivate(path, opts.group, () => this.listen((s) => s.listen(path)));
     this.log.info("nbd listening", { socket: path });
   }
 
@@ -154,25 +157,4 @@ export class NbdServer {
     if (ev.kind !== "removed") return; // a rename keeps sessions: they hold the device, not its name
     for (const c of this.connections) if (c.dev === ev.device) c.shutdown();
   };
-}
-
-/** Remove `path` if it is a unix socket nobody accepts on; refuse if a live server owns it. */
-async function removeStaleSocket(path: string): Promise<void> {
-  let st: fs.Stats;
-  try {
-    st = fs.lstatSync(path);
-  } catch {
-    return;
-  }
-  if (!st.isSocket()) throw Object.assign(new Error(`${path} exists and is not a socket`), { code: "EEXIST" });
-  const live = await new Promise<boolean>((resolve) => {
-    const probe = net.connect(path);
-    probe.once("connect", () => {
-      probe.destroy();
-      resolve(true);
-    });
-    probe.once("error", () => resolve(false));
-  });
-  if (live) throw Object.assign(new Error(`${path}: another server is listening on it`), { code: "EADDRINUSE" });
-  fs.unlinkSync(path);
 }

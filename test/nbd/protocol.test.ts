@@ -474,5 +474,23 @@ describe("NBD protocol handling", () => {
       c.destroy();
       await server.close();
     });
+
+    it("the NBD socket is born 0600 whatever the umask (it gives raw access to every device), 0660 for a group", async () => {
+      const old = process.umask(0);
+      try {
+        const server = new NbdServer({ registry: fx.reg, log: silentLogger });
+        const own = path.join(fx.dir, "private.sock");
+        await server.listenUnix(own);
+        expect(fs.statSync(own).mode & 0o777).toBe(0o600);
+        const grouped = path.join(fx.dir, "group.sock");
+        const gid = process.getgid?.() ?? 0;
+        await server.listenUnix(grouped, { group: gid });
+        expect(fs.statSync(grouped).mode & 0o777).toBe(0o660);
+        expect(fs.statSync(grouped).gid).toBe(gid);
+        await server.close();
+      } finally {
+        process.umask(old);
+      }
+    });
   });
 });
