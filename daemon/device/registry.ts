@@ -1,9 +1,9 @@
 import { EventEmitter } from "node:events";
-import fs from "node:fs";
 import path from "node:path";
 import type { Bio } from "../io/bio.js";
 import type { BlockDevice } from "../io/block-device.js";
 import { FileDevice } from "../io/file-device.js";
+import { blockDevicePath } from "../io/block-path.js";
 import { DmError } from "../core/errors.js";
 import type { Sector } from "../core/units.js";
 import { DM_MAJOR, MappedDevice, type DeviceChange, type DeviceHooks } from "./mapped-device.js";
@@ -188,12 +188,8 @@ export class DeviceRegistry extends EventEmitter {
       if (!target.live) throw new DmError("ENXIO", `${spec} has no live table`);
       return new StackedDevice(target, mode === "r" || target.readOnly);
     }
-    let p = spec;
     const mm = /^(\d+):(\d+)$/.exec(spec);
-    if (mm) {
-      p = `/dev/block/${mm[1]}:${mm[2]}`;
-      if (!fs.existsSync(p)) throw new DmError("ENXIO", `no block device ${spec}`);
-    }
+    const p = mm ? blockDevicePath(Number(mm[1]), Number(mm[2])) : spec;
     if (!path.isAbsolute(p)) throw new DmError("EINVAL", `${spec}: not an absolute path, major:minor or tsdm device name`);
     return FileDevice.open(p, mode === "r");
   }

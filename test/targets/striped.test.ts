@@ -125,6 +125,11 @@ describe("striped: data path", () => {
       // Block devices are shown as major:minor, as the kernel shows them.
       expect(tableOf(dev)[0]).toMatch(/^2 16 \d+:\d+ 8 \d+:\d+ 0$/);
       expect(st[0]).not.toBe(st[1]);
+      // ...and that line loads back (table | load), with or without udev's /dev/block links.
+      const again = await liveDevice(reg, "s-again", [line(0, 1024, "striped", tableOf(dev)[0]!)]);
+      expect(tableOf(again)).toEqual(tableOf(dev));
+      await reg.remove(again);
+      await expect(liveDevice(reg, "s-none", [line(0, 8, "linear", "4095:1048575 0")])).rejects.toMatchObject({ errno: "ENXIO" });
       const data = pattern(1024 * 512, 13);
       await dev.submit(writeBio(0, data, true));
       await dev.submit(flush());
