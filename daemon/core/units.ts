@@ -6,6 +6,12 @@ export type Sector = number & { readonly __unit: "sector" };
 export type ByteCount = number & { readonly __unit: "byte" };
 
 export const SECTOR_SHIFT = 9;
+
+/**
+ * The largest device tsdm serves: 2^53 bytes (8 PiB), so that every byte offset is an exact JavaScript number
+ * on the NBD and file paths. The kernel allows up to 2^63 bytes; a table beyond this is refused at load.
+ */
+export const MAX_DEVICE_SECTORS = 2 ** 44;
 export const SECTOR_SIZE = 512;
 
 export const sector = (n: number): Sector => n as Sector;

@@ -2,7 +2,7 @@ import type { Bio } from "../io/bio.js";
 import { subBio } from "../io/bio.js";
 import type { BlockDevice } from "../io/block-device.js";
 import { DmError } from "../core/errors.js";
-import type { Sector } from "../core/units.js";
+import { MAX_DEVICE_SECTORS, type Sector } from "../core/units.js";
 import { findTargetType } from "../targets/index.js";
 import type { SuspendOptions, Target, TargetContext, TargetType } from "../targets/target.js";
 import { splitArgs } from "./split-args.js";
@@ -63,7 +63,7 @@ export class Table {
         throw new DmError("EINVAL", l.start > next ? `table line ${i + 1}: gap in table (expected start ${next})` : `table line ${i + 1}: overlapping or out-of-order target (expected start ${next})`);
       }
       next = l.start + l.length;
-      if (!Number.isSafeInteger(next)) throw new DmError("EINVAL", "table too large");
+      if (!(next <= MAX_DEVICE_SECTORS)) throw new DmError("EINVAL", `table line ${i + 1}: device larger than ${MAX_DEVICE_SECTORS} sectors (8 PiB)`);
     }
     const entries: TableEntry[] = [];
     try {
