@@ -129,7 +129,7 @@ const RETRY_DELAY_MS = 200;
 async function removeOne(ctx: Ctx, dev: ResolvedDevice, opts: { force: boolean; deferred: boolean; retry: boolean }): Promise<void> {
   for (let attempt = 0; ; attempt++) {
     let busy = false;
-    await ctx.rpc("remove", dev.target, (api) => api.removeDevice({ device: dev.ref, force: opts.force, deferred: opts.deferred }), {
+    await ctx.rpc("remove", dev.target, (api) => api.removeDevice({ device: dev.ref, force: opts.force, deferred: opts.deferred, retry: false }), {
       onError: (e: DaemonError) => {
         // dmsetup --force first reads the table and reloads it as `error`: on a missing device both fail.
         if (opts.force && e.errno === "ENXIO" && attempt === 0) {

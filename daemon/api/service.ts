@@ -80,6 +80,10 @@ export function refSpec(ref: DeviceRef | undefined): DeviceRefSpec {
   }
 }
 
+/** RemoveDeviceRequest.retry: libdm's dm_task_retry_remove (25 tries, 200 ms apart). */
+const REMOVE_RETRIES = 25;
+const REMOVE_RETRY_DELAY_MS = 200;
+
 function toLineSpecs(lines: readonly TableLine[]): TableLineSpec[] {
   // Values beyond 2^53 lose precision here; the table load refuses them all the same (MAX_DEVICE_SECTORS).
   return lines.map((l) => ({ start: Number(l.startSector) as Sector, length: Number(l.lengthSectors) as Sector, type: l.targetType, params: l.params }));
@@ -181,9 +185,16 @@ export function createService(opts: ServiceOptions): DeviceMapperServiceServer {
 
     removeDevice: unary("remove", async (req) => {
       const dev = lookup(req.device);
-      const busy = await opts.nodes?.busyReason?.(dev);
-      if (busy && !req.deferred) throw new DmError("EBUSY", busy);
-      return registry.remove(dev, { force: req.force, deferred: req.deferred });
+      for (let attempt = 1; ; attempt++) {
+        try {
+          const busy = await opts.nodes?.busyReason?.(dev);
+          if (busy && !req.deferred) throw new DmError("EBUSY", busy);
+          return await registry.remove(dev, { force: req.force, deferred: req.deferred });
+        } catch (err) {
+          if (!req.retry || attempt >= REMOVE_RETRIES || !(err instanceof DmError) || err.errno !== "EBUSY") throw err;
+        }
+        await new Promise((r) => setTimeout(r, REMOVE_RETRY_DELAY_MS));
+      }
     }),
 
     removeAll: unary("remove_all", async (req) => {

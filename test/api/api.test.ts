@@ -8,6 +8,7 @@ import { credentials } from "@grpc/grpc-js";
 import { WatchEventsResponse_Kind as Kind, type WatchEventsResponse } from "../../gen/tsdm/v1/tsdm.js";
 import { ROOT, run, startDaemon, type TestDaemon } from "../helpers/daemon.js";
 import { call, connect, failure, type ApiClient } from "../helpers/client.js";
+import { RawClient } from "../nbd/raw-client.js";
 
 const line = (start: number, length: number, targetType: string, params = "") => ({
   startSector: BigInt(start),
@@ -68,7 +69,7 @@ describe("gRPC API over the unix socket", () => {
     const msg = await failure(call(api, api.sendMessage, { device: byName("lin"), sector: 0n, message: "hello" }));
     expect(msg).toMatchObject({ code: Code.INVALID_ARGUMENT, errno: "EINVAL", op: "message" });
 
-    await call(api, api.removeDevice, { device: byName("lin"), force: false, deferred: false });
+    await call(api, api.removeDevice, { device: byName("lin"), force: false, deferred: false, retry: false });
     expect((await call(api, api.listDevices, {})).devices).toEqual([]);
   });
 
@@ -105,7 +106,7 @@ describe("gRPC API over the unix socket", () => {
     const waiting = call(api, api.waitEvent, { device: byName("w"), eventNr: info.eventNr });
     await call(api, api.renameDevice, { device: byName("w"), change: { $case: "newName", value: "w2" } });
     expect((await waiting).device!.eventNr).toBe(info.eventNr + 1);
-    await call(api, api.removeDevice, { device: byName("w2"), force: false, deferred: false });
+    await call(api, api.removeDevice, { device: byName("w2"), force: false, deferred: false, retry: false });
     await new Promise((r) => setTimeout(r, 100));
     stream.cancel();
     const kinds = events.map((e) => e.kind);
@@ -115,11 +116,26 @@ describe("gRPC API over the unix socket", () => {
     expect(kinds.indexOf(Kind.KIND_CREATED)).toBeLessThan(kinds.indexOf(Kind.KIND_REMOVED));
   });
 
+  it("remove of an open device: EBUSY at once, or with retry it succeeds once the opener goes away", async () => {
+    await call(api, api.createDevice, { name: "held", uuid: "", table: [line(0, 8, "zero")], readOnly: false });
+    const client = await RawClient.connect(d.nbdSocket);
+    await client.greet();
+    await client.go("held");
+    const busy = await failure(call(api, api.removeDevice, { device: byName("held"), force: false, deferred: false, retry: false }));
+    expect(busy).toMatchObject({ code: Code.FAILED_PRECONDITION, errno: "EBUSY" });
+    const t0 = Date.now();
+    setTimeout(() => client.destroy(), 700);
+    await call(api, api.removeDevice, { device: byName("held"), force: false, deferred: false, retry: true });
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(600);
+    const gone = await failure(call(api, api.getInfo, { device: byName("held"), inactive: false }));
+    expect(gone).toMatchObject({ errno: "ENXIO" });
+  });
+
   it("writes an audit line for every mutating call, none for reads", async () => {
     await call(api, api.createDevice, { name: "aud", uuid: "", table: [line(0, 8, "zero")], readOnly: false });
     await call(api, api.getInfo, { device: byName("aud"), inactive: false });
-    await failure(call(api, api.removeDevice, { device: byName("nosuch-aud"), force: false, deferred: false }));
-    await call(api, api.removeDevice, { device: byName("aud"), force: false, deferred: false });
+    await failure(call(api, api.removeDevice, { device: byName("nosuch-aud"), force: false, deferred: false, retry: false }));
+    await call(api, api.removeDevice, { device: byName("aud"), force: false, deferred: false, retry: false });
     const lines = fs.readFileSync(path.join(d.stateDir, "audit.log"), "utf8").trim().split("\n").map((l) => JSON.parse(l));
     const mine = lines.filter((l) => JSON.stringify(l.request ?? {}).includes("aud"));
     expect(mine.map((l) => [l.method, l.result])).toEqual([
@@ -185,6 +201,6 @@ describe("daemon lifecycle", () => {
     await d.restart();
     api = connect(d.socket);
     expect((await call(api, api.listDevices, {})).devices.map((x) => x.name)).toEqual(["keep", "lose", "top"]);
-    for (const n of ["top", "keep", "lose"]) await call(api, api.removeDevice, { device: byName(n), force: false, deferred: false });
+    for (const n of ["top", "keep", "lose"]) await call(api, api.removeDevice, { device: byName(n), force: false, deferred: false, retry: false });
   });
 });

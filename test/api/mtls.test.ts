@@ -44,7 +44,7 @@ describe("remote API with mutual TLS", () => {
     await call(c, c.createDevice, { name: "remote", uuid: "", table: [zero], readOnly: false });
     const info = await call(c, c.getInfo, { device: byName("remote"), inactive: false });
     expect(info.device?.name).toBe("remote");
-    await call(c, c.removeDevice, { device: byName("remote"), force: false, deferred: false });
+    await call(c, c.removeDevice, { device: byName("remote"), force: false, deferred: false, retry: false });
     c.close();
   });
 
@@ -54,7 +54,7 @@ describe("remote API with mutual TLS", () => {
     const c = client(certs.client("monitor"));
     expect((await call(c, c.listDevices, {})).devices.map((x) => x.name)).toContain("ro-test");
     await call(c, c.getStatus, { device: byName("ro-test"), inactive: false, noflush: false });
-    const denied = await failure(call(c, c.removeDevice, { device: byName("ro-test"), force: false, deferred: false }));
+    const denied = await failure(call(c, c.removeDevice, { device: byName("ro-test"), force: false, deferred: false, retry: false }));
     expect(denied.code).toBe(Code.PERMISSION_DENIED);
     const denied2 = await failure(call(c, c.sendMessage, { device: byName("ro-test"), sector: 0n, message: "x" }));
     expect(denied2.code).toBe(Code.PERMISSION_DENIED);
@@ -62,7 +62,7 @@ describe("remote API with mutual TLS", () => {
     expect(d.log()).toMatch(/"msg":"permission denied".*"cn":"monitor"/);
     const audit = fs.readFileSync(path.join(d.stateDir, "audit.log"), "utf8");
     expect(audit).toMatch(/"who":"monitor","transport":"tls","method":"RemoveDevice".*"result":"PERMISSION_DENIED"/);
-    await call(admin, admin.removeDevice, { device: byName("ro-test"), force: false, deferred: false });
+    await call(admin, admin.removeDevice, { device: byName("ro-test"), force: false, deferred: false, retry: false });
     admin.close();
     c.close();
   });

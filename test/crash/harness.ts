@@ -247,7 +247,7 @@ export async function runHarness(opts: { iterations: number; seed?: number; keep
         for (const b of ledgers.era.ackedBlocks) if (!marked.has(b)) fail(`era: acknowledged write to block ${b} not marked since era ${eraStart}`);
       }
       log(`iteration ${it}: acknowledged writes linear ${ledgers.linear.ackedBlocks.size} blocks, era ${ledgers.era.ackedBlocks.size}, log-writes ${lwLedger.ackedBlocks.size}, bow ${bowLedger.ackedBlocks.size}; failures so far ${failures.length}`);
-      for (const n of ["c-lw", "c-bow"]) await call(api, api.removeDevice, { device: byName(n), force: false, deferred: false });
+      for (const n of ["c-lw", "c-bow"]) await call(api, api.removeDevice, { device: byName(n), force: false, deferred: false, retry: false });
     }
   } finally {
     api?.close();

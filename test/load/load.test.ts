@@ -53,7 +53,7 @@ describe("load", () => {
     const img = fs.readFileSync(file);
     for (let id = 0; id < 32; id++) for (let k = 0; k < 16; k++) expect(img.readUInt32LE((k * 32 + id) * 4096)).toBe(id);
     await Promise.all(clients.map((c) => c.disconnect()));
-    await call(api, api.removeDevice, { device: byName("shared"), force: false, deferred: false });
+    await call(api, api.removeDevice, { device: byName("shared"), force: false, deferred: false, retry: false });
   });
 
   it("16 devices with 4 clients each, concurrently", async () => {
@@ -71,7 +71,7 @@ describe("load", () => {
         await Promise.all(cs.map((c) => c.disconnect()));
       }),
     );
-    for (const n of names) await call(api, api.removeDevice, { device: byName(n), force: false, deferred: false });
+    for (const n of names) await call(api, api.removeDevice, { device: byName(n), force: false, deferred: false, retry: false });
   });
 
   it("refuses connections beyond --nbd-max-connections and devices beyond --max-devices, with clear errors", async () => {
@@ -82,13 +82,13 @@ describe("load", () => {
     // After the others left, a new client gets in again.
     const again = await NbdClient.connect(d.nbdSocket, "lim");
     await again.disconnect();
-    await call(api, api.removeDevice, { device: byName("lim"), force: false, deferred: false });
+    await call(api, api.removeDevice, { device: byName("lim"), force: false, deferred: false, retry: false });
 
     for (let i = 0; i < 64; i++) await call(api, api.createDevice, { name: `cap-${i}`, uuid: "", table: [], readOnly: false });
     const over = await failure(call(api, api.createDevice, { name: "cap-64", uuid: "", table: [], readOnly: false }));
     expect(over).toMatchObject({ errno: "ENOSPC" });
     expect(over.details).toMatch(/device limit reached \(64/);
-    const res = await call(api, api.removeAll, { force: false, deferred: false });
+    const res = await call(api, api.removeAll, { force: false, deferred: false, retry: false });
     expect(res.removed).toHaveLength(64);
   });
 
@@ -104,7 +104,7 @@ describe("load", () => {
         await c.write(0, Buffer.alloc(4096, i & 0xff));
         await c.disconnect();
       }
-      await call(api, api.removeDevice, { device: byName("cycle"), force: false, deferred: false });
+      await call(api, api.removeDevice, { device: byName("cycle"), force: false, deferred: false, retry: false });
     };
     for (let i = 0; i < 100; i++) await cycle(i); // warm-up: JIT, pools, lazy allocations
     const fds0 = fdCount(pid);
