@@ -1,4 +1,5 @@
 import fs from "node:fs";
+import tls from "node:tls";
 import { credentials, Metadata, status, type ChannelCredentials, type ServiceError } from "@grpc/grpc-js";
 import {
   DeviceMapperServiceClient,
@@ -85,9 +86,28 @@ export function resolveEndpoint(flags: { socket?: string; host?: string; ca?: st
         throw new EndpointError(`Couldn't read ${what} file '${p}': ${(e as Error).message}`);
       }
     };
-    return { kind: "tls", host, ca: read("ca", flags.ca ?? env.TSDM_CA), cert: read("cert", flags.cert ?? env.TSDM_CERT), key: read("key", flags.key ?? env.TSDM_KEY) };
+    const ca = read("ca", flags.ca ?? env.TSDM_CA);
+    const cert = read("cert", flags.cert ?? env.TSDM_CERT);
+    const key = read("key", flags.key ?? env.TSDM_KEY);
+    checkTlsFiles(ca, cert, key);
+    return { kind: "tls", host, ca, cert, key };
   }
   return { kind: "unix", path: flags.socket ?? env.TSDM_SOCKET ?? defaultSocketPath() };
+}
+
+/** Load the TLS material once up front, so that a wrong file is reported as such rather than as a crash. */
+function checkTlsFiles(ca: Buffer, cert: Buffer, key: Buffer): void {
+  try {
+    tls.createSecureContext({ ca, cert, key });
+  } catch (e) {
+    const why = (e as Error).message;
+    const plain = /no start line|bad base64|PEM/i.test(why)
+      ? "a file is not a PEM certificate or key"
+      : /key values mismatch/i.test(why)
+        ? "the key does not belong to the certificate"
+        : why;
+    throw new EndpointError(`Couldn't use the TLS files (--ca, --cert, --key): ${plain}.`);
+  }
 }
 
 export const describeEndpoint = (e: Endpoint): string => (e.kind === "unix" ? e.path : e.host);

@@ -3,7 +3,7 @@ import path from "node:path";
 import type { Writable } from "node:stream";
 import type { DeviceInfo, DeviceRef } from "../gen/tsdm/v1/tsdm.js";
 import { DaemonError, describeEndpoint, Tsdm, type Endpoint } from "./client.js";
-import { ioctlErrorLine, type IoctlTarget } from "./errno.js";
+import { ioctlErrorLine, strerror, type IoctlTarget } from "./errno.js";
 import type { DeviceView } from "./format.js";
 import { MangleError, nameForKernel, unmangleString, uuidForKernel, type ManglingMode } from "./mangle.js";
 import type { Switches } from "./options.js";
@@ -99,7 +99,7 @@ export class Ctx {
   /** The daemon is not there: say so plainly, in the place of libdm's "cannot open control" lines. */
   unreachable(e: DaemonError): never {
     const prog = "tsdmsetup";
-    this.fail(`${prog}: cannot connect to tsdmd at ${describeEndpoint(this.endpoint)}: ${e.details}`, "Failure to communicate with kernel device-mapper driver.");
+    this.fail(`${prog}: cannot connect to tsdmd at ${describeEndpoint(this.endpoint)}: ${connectFailure(e.details)}`, "Failure to communicate with kernel device-mapper driver.");
   }
 
   /** Run a libdm-style name/uuid check, printing its lines on failure. */
@@ -218,4 +218,15 @@ export class Ctx {
       this.io.stdin.resume();
     });
   }
+}
+
+/**
+ * What went wrong connecting, without grpc-js's wrapping ("No connection established. Last error: Error:
+ * connect ENOENT /path. Resolution note: "): the errno's text when there is one, else the first real sentence.
+ */
+export function connectFailure(details: string): string {
+  const errno = /\bconnect (E[A-Z0-9]+)\b/.exec(details)?.[1];
+  if (errno) return strerror(errno);
+  const inner = /Last error: (?:Error: )?(.*?)(?:\. Resolution note:.*)?$/s.exec(details)?.[1];
+  return (inner ?? details).trim();
 }

@@ -86,6 +86,20 @@ describe("remote tsdmsetup (mTLS)", () => {
     expect(r.stderr).toMatch(new RegExp(`^tsdmsetup: cannot connect to tsdmd at localhost:${port}: .*\\nFailure to communicate with kernel device-mapper driver.\\nCommand failed.\\n$`));
   });
 
+  it("files that are not usable TLS material are named as such, before any connection", async () => {
+    const run = async (cert: string, key: string) => {
+      const stderr = new Capture();
+      const code = await main(["--host", `localhost:${port}`, "--ca", certs.ca, "--cert", cert, "--key", key, "ls"], { stdin: Readable.from([]), stdout: new Capture(), stderr, env: {}, prog: "tsdmsetup" });
+      return { code, err: stderr.text };
+    };
+    const admin = certs.client("ops-admin");
+    expect(await run(certs.ca.replace(/\.crt$/, ".ext"), admin.key)).toEqual({
+      code: 1,
+      err: "tsdmsetup: Couldn't use the TLS files (--ca, --cert, --key): a file is not a PEM certificate or key.\n",
+    });
+    expect(await run(admin.cert, certs.rogue.key)).toEqual({ code: 1, err: "tsdmsetup: Couldn't use the TLS files (--ca, --cert, --key): the key does not belong to the certificate.\n" });
+  });
+
   it("--host without key material is a usage error", async () => {
     const stderr = new Capture();
     const code = await main(["--host", "localhost:1", "ls"], { stdin: Readable.from([]), stdout: new Capture(), stderr, env: {}, prog: "tsdmsetup" });
