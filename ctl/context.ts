@@ -227,6 +227,13 @@ export class Ctx {
 export function connectFailure(details: string): string {
   const errno = /\bconnect (E[A-Z0-9]+)\b/.exec(details)?.[1];
   if (errno) return strerror(errno);
-  const inner = /Last error: (?:Error: )?(.*?)(?:\. Resolution note:.*)?$/s.exec(details)?.[1];
-  return (inner ?? details).trim();
+  const alert = /alert ([a-z ]+?):/.exec(details)?.[1];
+  if (alert) return `the daemon refused this client's certificate (TLS alert: ${alert})`;
+  if (/certificate verify failed|unable to (?:get|verify)|self[- ]signed|Hostname\/IP does not match/i.test(details)) {
+    return "the daemon's certificate does not verify against --ca (or does not name this host)";
+  }
+  const inner = (/Last error: (?:Error: )?(.*?)(?:\. Resolution note:.*)?$/s.exec(details)?.[1] ?? details).trim();
+  // grpc-js's text when the peer hung up during the handshake (TLS 1.3 reports a refused client cert so).
+  if (/^Failed to connect\b/.test(inner)) return "the connection was closed during the handshake (does the daemon trust this certificate?)";
+  return inner;
 }
