@@ -93,6 +93,20 @@ Napi::Value PeerCred(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// lseek(SEEK_DATA / SEEK_HOLE): where the next data or hole of a file starts at or after `offset`, for
+// NBD block status. -1 when there is none (ENXIO: only a hole up to the end). Cheap metadata lookups, so sync.
+template <int whence>
+Napi::Value SeekDataHole(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0);
+  uint64_t off = ArgU64(info, 1, "offset");
+  off_t r = lseek(fd, static_cast<off_t>(off), whence);
+  if (r < 0) {
+    if (errno == ENXIO) return Napi::Number::New(info.Env(), -1);
+    throw ErrnoError(info.Env(), errno, whence == SEEK_DATA ? "lseek(SEEK_DATA)" : "lseek(SEEK_HOLE)");
+  }
+  return Napi::Number::New(info.Env(), static_cast<double>(r));
+}
+
 enum class RangeOp { PunchHole, ZeroRange, BlkDiscard, BlkZeroOut };
 
 const char* RangeOpName(RangeOp op) {
@@ -165,6 +179,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("blkLogicalBlockSize", Napi::Function::New(env, BlkLogicalBlockSize));
   exports.Set("blkPhysicalBlockSize", Napi::Function::New(env, BlkPhysicalBlockSize));
   exports.Set("peerCred", Napi::Function::New(env, PeerCred));
+  exports.Set("seekData", Napi::Function::New(env, SeekDataHole<SEEK_DATA>));
+  exports.Set("seekHole", Napi::Function::New(env, SeekDataHole<SEEK_HOLE>));
   exports.Set("punchHole", Napi::Function::New(env, RangeAsync<RangeOp::PunchHole>));
   exports.Set("zeroRange", Napi::Function::New(env, RangeAsync<RangeOp::ZeroRange>));
   exports.Set("blkDiscard", Napi::Function::New(env, RangeAsync<RangeOp::BlkDiscard>));

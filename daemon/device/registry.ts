@@ -4,6 +4,7 @@ import type { Bio } from "../io/bio.js";
 import type { BlockDevice } from "../io/block-device.js";
 import { FileDevice } from "../io/file-device.js";
 import { blockDevicePath } from "../io/block-path.js";
+import { dataRun, type AllocationRun } from "../io/allocation.js";
 import { DmError } from "../core/errors.js";
 import type { Sector } from "../core/units.js";
 import { DM_MAJOR, MappedDevice, type DeviceChange, type DeviceHooks } from "./mapped-device.js";
@@ -264,6 +265,11 @@ export class StackedDevice implements BlockDevice {
 
   submit(bio: Bio): Promise<void> {
     return this.device.submit(bio);
+  }
+
+  allocation(sector: Sector, count: Sector): Promise<AllocationRun[]> {
+    const live = this.device.live;
+    return live ? live.allocation(sector, count) : Promise.resolve([dataRun(count)]);
   }
 
   async close(): Promise<void> {

@@ -1,6 +1,7 @@
 import type { Bio } from "../io/bio.js";
 import { subBio } from "../io/bio.js";
 import type { BlockDevice } from "../io/block-device.js";
+import { MAX_ALLOCATION_RUNS, dataRun, pushRun, type AllocationRun } from "../io/allocation.js";
 import { DmError } from "../core/errors.js";
 import { MAX_DEVICE_SECTORS, type Sector } from "../core/units.js";
 import { findTargetType } from "../targets/index.js";
@@ -166,6 +167,32 @@ export class Table {
       if (sector >= e.start + e.length) i++;
     }
     await Promise.all(parts);
+  }
+
+  /**
+   * Allocation of [sector, sector+count) across the targets it spans (see Target.allocation), merged; a prefix
+   * of the range when the answer grows long.
+   */
+  async allocation(sector: Sector, count: Sector): Promise<AllocationRun[]> {
+    const runs: AllocationRun[] = [];
+    const end = sector + count;
+    let pos: number = sector;
+    for (let i = this.indexOf(sector); pos < end && i < this.entries.length && runs.length < MAX_ALLOCATION_RUNS; i++) {
+      const e = this.entries[i]!;
+      const upto = Math.min(end, e.start + e.length);
+      const want = (upto - pos) as Sector;
+      const part = e.target.allocation ? await e.target.allocation((pos - e.start) as Sector, want) : [dataRun(want)];
+      let got = 0;
+      for (const r of part) {
+        const n = Math.min(r.count, want - got);
+        pushRun(runs, { ...r, count: n as Sector });
+        got += n;
+        if (got >= want) break;
+      }
+      if (got < want) break; // the target answered for a prefix: so does the table
+      pos = upto;
+    }
+    return runs;
   }
 
   private indexOf(sector: Sector): number {

@@ -1,5 +1,6 @@
 import type { Bio } from "./bio.js";
 import type { Sector } from "../core/units.js";
+import type { AllocationRun } from "./allocation.js";
 
 /**
  * An opened underlying device (the kernel's struct dm_dev): a regular file, a block device, or another tsdm
@@ -19,6 +20,11 @@ export interface BlockDevice {
   readonly logicalBlockSize: number;
   readonly readOnly: boolean;
   submit(bio: Bio): Promise<void>;
+  /**
+   * Allocation of [sector, sector+count): runs covering a prefix of it (at least one sector). Absent when the
+   * device cannot tell (a block device): callers then take it all as data.
+   */
+  allocation?(sector: Sector, count: Sector): AllocationRun[] | Promise<AllocationRun[]>;
   /** Drop this holder's reference; the last close releases the file descriptor. */
   close(): Promise<void>;
 }

@@ -2,6 +2,7 @@ import fs from "node:fs";
 import type { Bio } from "./bio.js";
 import type { BlockDevice } from "./block-device.js";
 import { native } from "./native.js";
+import { MAX_ALLOCATION_RUNS, dataRun, holeRun, pushRun, type AllocationRun } from "./allocation.js";
 import { DmError, fromSystemError } from "../core/errors.js";
 import { SECTOR_SIZE, type Sector } from "../core/units.js";
 
@@ -88,6 +89,29 @@ export class FileDevice implements BlockDevice {
         return this.finish(op, bio.fua);
       }
     }
+  }
+
+  /**
+   * Holes and data of a regular file (SEEK_DATA / SEEK_HOLE), for block status. Hole edges are rounded inwards
+   * to sectors: what is reported as a hole must read as zeroes. A block device cannot tell: all data.
+   */
+  allocation(sector: Sector, count: Sector): AllocationRun[] {
+    const end = (sector + count) * SECTOR_SIZE;
+    if (this.isBlockDevice) return [dataRun(count)];
+    const runs: AllocationRun[] = [];
+    let pos = sector * SECTOR_SIZE;
+    while (pos < end && runs.length < MAX_ALLOCATION_RUNS) {
+      const next = native.seekData(this.fd, pos);
+      const dataAt = next < 0 ? end : Math.min(end, Math.floor(next / SECTOR_SIZE) * SECTOR_SIZE);
+      if (dataAt > pos) pushRun(runs, holeRun(((dataAt - pos) / SECTOR_SIZE) as Sector));
+      if (dataAt >= end) break;
+      const hole = native.seekHole(this.fd, Math.max(dataAt, pos));
+      const holeAt = hole < 0 ? end : Math.min(end, Math.ceil(hole / SECTOR_SIZE) * SECTOR_SIZE);
+      const from = Math.max(dataAt, pos);
+      pushRun(runs, dataRun(((holeAt - from) / SECTOR_SIZE) as Sector));
+      pos = holeAt;
+    }
+    return runs;
   }
 
   private async finish(op: Promise<void>, fua: boolean): Promise<void> {

@@ -1,4 +1,5 @@
 import type { MappedDevice } from "../device/mapped-device.js";
+import { SECTOR_SIZE, type Sector } from "../core/units.js";
 
 /**
  * NBD metadata contexts (NBD_OPT_SET_META_CONTEXT / NBD_CMD_BLOCK_STATUS), pluggable: a provider owns one
@@ -36,18 +37,23 @@ export const STATE_HOLE = 1;
 export const STATE_ZERO = 2;
 
 /**
- * base:allocation. The target interface has no way to ask where a device is sparse, so every extent is
- * reported as allocated data (flags 0), which the spec names as always safe: clients just copy everything.
+ * base:allocation: holes and known-zero runs as the live table's targets report them (a file's holes under
+ * linear, all of a zero target); everything else is allocated data, which is always a safe answer.
  */
 export const baseAllocation: MetaContextProvider = {
   namespace: "base",
   names: () => ["base:allocation"],
-  select: (_dev, name) => (name === "base:allocation" ? allocatedEverywhere : undefined),
+  select: (_dev, name) => (name === "base:allocation" ? allocation : undefined),
 };
 
-const allocatedEverywhere: MetaContext = {
+const allocation: MetaContext = {
   name: "base:allocation",
-  blockStatus: (_dev, _offset, length) => [{ length, flags: 0 }],
+  async blockStatus(dev, offset, length) {
+    const table = dev.live;
+    if (!table) return [{ length, flags: 0 }];
+    const runs = await table.allocation((offset / SECTOR_SIZE) as Sector, (length / SECTOR_SIZE) as Sector);
+    return runs.map((r) => ({ length: r.count * SECTOR_SIZE, flags: (r.hole ? STATE_HOLE : 0) | (r.zero ? STATE_ZERO : 0) }));
+  },
 };
 
 export class MetaContextRegistry {

@@ -4,6 +4,7 @@ import { remapBio } from "../io/bio.js";
 import type { BlockDevice } from "../io/block-device.js";
 import { expectArgCount, invalid, parseSectorArg } from "./args.js";
 import type { Sector } from "../core/units.js";
+import { dataRun, type AllocationRun } from "../io/allocation.js";
 
 /** dm-linear: `linear <dev> <offset>` maps the target onto <dev> starting at sector <offset>. */
 export const linearTarget: TargetType = {
@@ -31,6 +32,10 @@ class LinearTarget implements Target {
   map(bio: Bio): Promise<void> {
     if (bio.op === "flush") return this.dev.submit(bio);
     return this.dev.submit(remapBio(bio, (bio.sector + this.offset) as Sector));
+  }
+
+  allocation(sector: Sector, count: Sector): AllocationRun[] | Promise<AllocationRun[]> {
+    return this.dev.allocation ? this.dev.allocation((sector + this.offset) as Sector, count) : [dataRun(count)];
   }
 
   status(type: "info" | "table"): string {

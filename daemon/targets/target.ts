@@ -1,6 +1,7 @@
 import type { Bio } from "../io/bio.js";
 import type { BlockDevice } from "../io/block-device.js";
 import type { Sector } from "../core/units.js";
+import type { AllocationRun } from "../io/allocation.js";
 
 /**
  * The target interface, shaped like the kernel's struct target_type. A target type constructs a target from
@@ -40,6 +41,11 @@ export interface Target {
   resume?(): Promise<void>;
   /** dtr: final writes and release of resources. Underlying devices opened via the context are closed after. */
   destroy(): Promise<void>;
+  /**
+   * Allocation of [sector, sector+count) relative to the target, for NBD block status: runs covering a prefix
+   * of the range. Absent: everything is reported as data (always correct, never sparse).
+   */
+  allocation?(sector: Sector, count: Sector): AllocationRun[] | Promise<AllocationRun[]>;
   /** iterate_devices: the underlying devices, for deps. Defaults to everything opened through the context. */
   devices?(): readonly BlockDevice[];
   /** io_hints: the logical block size this target needs (default: the largest of its devices', or 512). */

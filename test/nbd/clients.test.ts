@@ -2,6 +2,7 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { Sector } from "../../daemon/core/units.js";
 import { RawClient } from "./raw-client.js";
 import { run, runOk, startNbd, type NbdFixture } from "./fixture.js";
 
@@ -80,10 +81,39 @@ describe("NBD server with real clients", () => {
     expect(differ.stdout).toMatch(/Content mismatch at offset 12288/);
   });
 
-  it("nbdinfo --map reports base:allocation over the whole export", async () => {
-    await fx.linear("map", 2 << 20);
+  it("nbdinfo --map reports base:allocation: a file's holes and data under linear, zero targets as holes", async () => {
+    const { file } = await fx.linear("map", 2 << 20);
+    await runOk("qemu-io", ["-f", "raw", fx.uri("map"), "-c", "write -P 0x5a 1M 64k"]);
     const map = JSON.parse(await runOk("nbdinfo", ["--map", "--json", fx.uri("map")]));
-    expect(map).toEqual([{ offset: 0, length: 2 << 20, type: 0, description: "data" }]);
+    expect(map).toEqual([
+      { offset: 0, length: 1 << 20, type: 3, description: "hole,zero" },
+      { offset: 1 << 20, length: 64 << 10, type: 0, description: "data" },
+      { offset: (1 << 20) + (64 << 10), length: (1 << 20) - (64 << 10), type: 3, description: "hole,zero" },
+    ]);
+    // A table mixing a zero target, the file (offset 1 MiB in) and an error target: each reports its own.
+    const dev = fx.reg.create({ name: "mixed" });
+    const S = (n: number) => n as Sector;
+    await dev.load(
+      [
+        { start: S(0), length: S(256), type: "zero", params: "" },
+        { start: S(256), length: S(1024), type: "linear", params: `${file} 2048` },
+        { start: S(1280), length: S(256), type: "error", params: "" },
+      ],
+      false,
+    );
+    await dev.resume({ noflush: false });
+    const mixed = JSON.parse(await runOk("nbdinfo", ["--map", "--json", fx.uri("mixed")]));
+    expect(mixed.map((e: { offset: number; length: number; type: number }) => [e.offset, e.length, e.type])).toEqual([
+      [0, 128 << 10, 3],
+      [128 << 10, 64 << 10, 0],
+      [192 << 10, (512 << 10) - (64 << 10), 3],
+      [640 << 10, 128 << 10, 0],
+    ]);
+    // qemu-img skips the holes: a copy of the device is as sparse as the device is.
+    const out = path.join(fx.dir, "map-copy.img");
+    await runOk("qemu-img", ["convert", "-f", "raw", "-O", "raw", fx.uri("map"), out]);
+    expect(fs.readFileSync(out).equals(fs.readFileSync(file))).toBe(true);
+    expect(fs.statSync(out).blocks * 512).toBeLessThanOrEqual(256 << 10);
   });
 
   it("discard punches a hole in the backing file; write-zeroes zeroes", async () => {
