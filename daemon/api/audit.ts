@@ -37,6 +37,9 @@ export function auditInterceptor(audit: AuditLog): ServerInterceptor {
         audit.write({
           who: who.cn,
           transport: who.tls ? "tls" : "unix",
+          peer: who.peer,
+          subject: who.subject,
+          serial: who.serial,
           method: desc.path.slice(desc.path.lastIndexOf("/") + 1),
           request,
           result: Code[st.code] ?? st.code,

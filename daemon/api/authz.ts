@@ -58,12 +58,44 @@ function allowed(role: Role, method: string): boolean {
   return method.startsWith("/tsdm.v1.") && READ_ONLY_METHODS.has(method.slice(method.lastIndexOf("/") + 1));
 }
 
-/** Who is calling: the certificate CN on TLS connections, "local" on the unix socket. */
-export function callerOf(call: { getAuthContext(): { transportSecurityType?: string; sslPeerCertificate?: { subject?: { CN?: string | string[] } } } }): { tls: boolean; cn: string } {
+export interface Caller {
+  readonly tls: boolean;
+  /** The certificate's CN ("" when it has none, or more than one: no role can match); "local" on the unix socket. */
+  readonly cn: string;
+  /** Where the call came from: "ip:port" over TCP, "uid=U,gid=G,pid=P" on the unix socket. */
+  readonly peer: string;
+  /** TLS only: the certificate's full subject and serial, for the audit log. */
+  readonly subject?: string;
+  readonly serial?: string;
+}
+
+type CertName = Record<string, string | string[] | undefined>;
+interface CallIdentity {
+  getPeer(): string;
+  getAuthContext(): { transportSecurityType?: string; sslPeerCertificate?: { subject?: CertName; serialNumber?: string } };
+}
+
+/** Who is calling: the certificate's identity on TLS connections, the local peer on the unix socket. */
+export function callerOf(call: CallIdentity): Caller {
   const ctx = call.getAuthContext();
-  if (ctx.transportSecurityType !== "ssl") return { tls: false, cn: "local" };
-  const cn = ctx.sslPeerCertificate?.subject?.CN;
-  return { tls: true, cn: Array.isArray(cn) ? (cn[0] ?? "") : (cn ?? "") };
+  const peer = call.getPeer();
+  if (ctx.transportSecurityType !== "ssl") return { tls: false, cn: "local", peer };
+  const cert = ctx.sslPeerCertificate;
+  const cn = cert?.subject?.CN;
+  return {
+    tls: true,
+    // A subject with several CNs is ambiguous: rather no identity than the first one silently.
+    cn: typeof cn === "string" ? cn : "",
+    peer,
+    subject: cert?.subject ? formatSubject(cert.subject) : undefined,
+    serial: cert?.serialNumber,
+  };
+}
+
+function formatSubject(subject: CertName): string {
+  return Object.entries(subject)
+    .flatMap(([k, v]) => (Array.isArray(v) ? v : v === undefined ? [] : [v]).map((x) => `${k}=${x}`))
+    .join(",");
 }
 
 export function authzInterceptor(policy: AuthzPolicy | undefined, log: Logger): ServerInterceptor {
@@ -71,19 +103,21 @@ export function authzInterceptor(policy: AuthzPolicy | undefined, log: Logger): 
     new ServerInterceptingCall(call, {
       start: (next) => {
         next({
-          onReceiveMetadata: (metadata, mdNext) => {
+          // Decided when the request arrives rather than on the headers, so that the audit log (the outer
+          // interceptor) has seen what a refused caller asked for. No handler runs before either.
+          onReceiveMessage: (message, msgNext) => {
             const who = callerOf(call as never);
             if (who.tls) {
-              const role = policy?.roleOf(who.cn);
+              const role = who.cn ? policy?.roleOf(who.cn) : undefined;
               if (!role || !allowed(role, methodDescriptor.path)) {
-                log.warn("permission denied", { cn: who.cn, role: role ?? "none", method: methodDescriptor.path });
+                log.warn("permission denied", { cn: who.cn, subject: who.subject, peer: who.peer, role: role ?? "none", method: methodDescriptor.path });
                 const md = new Metadata();
                 md.set("tsdm-errno", "EACCES");
-                call.sendStatus({ code: Code.PERMISSION_DENIED, details: `${who.cn || "(no CN)"} may not call ${methodDescriptor.path}`, metadata: md });
+                call.sendStatus({ code: Code.PERMISSION_DENIED, details: `${who.cn || "(no usable CN)"} may not call ${methodDescriptor.path}`, metadata: md });
                 return;
               }
             }
-            mdNext(metadata);
+            msgNext(message);
           },
         });
       },

@@ -6,6 +6,7 @@ import { HealthImplementation } from "grpc-health-check";
 import { DeviceMapperServiceService } from "../../gen/tsdm/v1/tsdm.js";
 import type { Logger } from "../core/log.js";
 import { bindPrivate, claimSocketPath } from "../core/unix-socket.js";
+import { native } from "../io/native.js";
 import { addReflection } from "./reflection.js";
 import { createService, type ServiceOptions } from "./service.js";
 
@@ -22,7 +23,7 @@ export class ApiServer {
   readonly server: Server;
   readonly health: HealthImplementation;
   private readonly unixPaths: string[] = [];
-  private readonly inherited: { listener: net.Server; destroy: () => void }[] = [];
+  private readonly localListeners: { listener: net.Server; destroy: () => void }[] = [];
 
   constructor(private readonly opts: ApiServerOptions) {
     this.server = new Server({ "grpc.keepalive_time_ms": 60_000, interceptors: opts.interceptors ?? [] });
@@ -35,7 +36,7 @@ export class ApiServer {
   /** Bind the control socket. A stale socket file is replaced; a live daemon's socket is refused. */
   async listenUnix(socketPath: string, opts: { group?: number } = {}): Promise<void> {
     await claimSocketPath(socketPath);
-    await bindPrivate(socketPath, opts.group, () => this.bind(`unix://${path.resolve(socketPath)}`, ServerCredentials.createInsecure()));
+    await bindPrivate(socketPath, opts.group, () => this.serveLocal((l) => l.listen(socketPath)));
     this.unixPaths.push(socketPath);
   }
 
@@ -44,13 +45,28 @@ export class ApiServer {
    * systemd owns the socket file and its mode (SocketMode=0600 or 0660 with SocketGroup=).
    */
   async listenInherited(fd: number): Promise<void> {
+    await this.serveLocal((l) => l.listen({ fd }));
+  }
+
+  /**
+   * Local callers come through a listener of our own rather than grpc-js's, so that each connection can be
+   * labelled with its peer's credentials (SO_PEERCRED): the audit log then says which uid and pid acted.
+   */
+  private serveLocal(listen: (l: net.Server) => void): Promise<void> {
     const injector = this.server.createConnectionInjector(ServerCredentials.createInsecure());
-    const listener = net.createServer((sock) => injector.injectConnection(sock));
-    await new Promise<void>((resolve, reject) => {
-      listener.once("error", reject);
-      listener.listen({ fd }, () => resolve());
+    const listener = net.createServer((sock) => {
+      labelLocalPeer(sock);
+      injector.injectConnection(sock);
     });
-    this.inherited.push({ listener, destroy: () => injector.destroy() });
+    this.localListeners.push({ listener, destroy: () => injector.destroy() });
+    return new Promise<void>((resolve, reject) => {
+      listener.once("error", reject);
+      listener.once("listening", () => {
+        listener.off("error", reject);
+        resolve();
+      });
+      listen(listener);
+    });
   }
 
   /** TCP with TLS and required client certificates. Returns the bound port. */
@@ -64,6 +80,7 @@ export class ApiServer {
   }
 
   async close(): Promise<void> {
+    for (const l of this.localListeners) l.listener.close(); // no new local callers from here on
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
         this.server.forceShutdown();
@@ -75,10 +92,7 @@ export class ApiServer {
       });
     });
     for (const p of this.unixPaths) fs.rmSync(p, { force: true });
-    for (const i of this.inherited) {
-      i.listener.close();
-      i.destroy();
-    }
+    for (const l of this.localListeners) l.destroy();
   }
 }
 
@@ -89,3 +103,14 @@ export function inheritedSocketFd(env: NodeJS.ProcessEnv = process.env): number 
   return n >= 1 ? 3 : undefined;
 }
 
+/** Put the unix peer's credentials where grpc-js looks for a peer address (call.getPeer()). */
+function labelLocalPeer(sock: net.Socket): void {
+  const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (fd === undefined || fd < 0) return;
+  try {
+    const c = native.peerCred(fd);
+    Object.defineProperty(sock, "remoteAddress", { value: `uid=${c.uid},gid=${c.gid},pid=${c.pid}`, configurable: true });
+  } catch {
+    // not a unix socket (or gone already): the caller stays "local" without credentials
+  }
+}

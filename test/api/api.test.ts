@@ -144,6 +144,8 @@ describe("gRPC API over the unix socket", () => {
       ["RemoveDevice", "OK"],
     ]);
     expect(mine.every((l) => l.who === "local" && l.transport === "unix")).toBe(true);
+    // The local caller's credentials (SO_PEERCRED): this test process.
+    expect(mine.every((l) => l.peer === `uid=${process.getuid!()},gid=${process.getgid!()},pid=${process.pid}`)).toBe(true);
   });
 });
 

@@ -22,7 +22,7 @@ function client(id: { cert: string; key: string } | undefined): DeviceMapperServ
 
 beforeAll(async () => {
   const dir = fs.mkdtempSync("/tmp/tsdm-mtls-");
-  certs = await makeCerts(path.join(dir, "pki"), ["ops-admin", "monitor", "stranger"]);
+  certs = await makeCerts(path.join(dir, "pki"), ["ops-admin", "monitor", "stranger", "monitor/CN=ops-admin"]);
   const authz = path.join(dir, "authz.json");
   fs.writeFileSync(authz, JSON.stringify({ admin: ["ops-admin"], reader: ["monitor"] }));
   d = await startDaemon({
@@ -61,7 +61,16 @@ describe("remote API with mutual TLS", () => {
     expect((await call(c, c.listDevices, {})).devices.map((x) => x.name)).toContain("ro-test");
     expect(d.log()).toMatch(/"msg":"permission denied".*"cn":"monitor"/);
     const audit = fs.readFileSync(path.join(d.stateDir, "audit.log"), "utf8");
-    expect(audit).toMatch(/"who":"monitor","transport":"tls","method":"RemoveDevice".*"result":"PERMISSION_DENIED"/);
+    // Refused calls are audited with what they asked for, and who exactly asked (certificate and address).
+    const refused = audit.trim().split("\n").map((l) => JSON.parse(l)).find((e) => e.method === "RemoveDevice" && e.who === "monitor");
+    expect(refused).toMatchObject({
+      transport: "tls",
+      subject: "CN=monitor",
+      request: { device: { by: { $case: "name", value: "ro-test" } } },
+      result: "PERMISSION_DENIED",
+    });
+    expect(refused.serial).toMatch(/^[0-9A-F]+$/);
+    expect(refused.peer).toMatch(/^127\.0\.0\.1:\d+$/);
     await call(admin, admin.removeDevice, { device: byName("ro-test"), force: false, deferred: false, retry: false });
     admin.close();
     c.close();
@@ -70,6 +79,14 @@ describe("remote API with mutual TLS", () => {
   it("a valid certificate whose CN has no role can do nothing", async () => {
     const c = client(certs.client("stranger"));
     expect((await failure(call(c, c.listDevices, {}))).code).toBe(Code.PERMISSION_DENIED);
+    c.close();
+  });
+
+  it("a certificate with two CNs is nobody (not whichever CN comes first)", async () => {
+    const c = client(certs.client("monitor/CN=ops-admin"));
+    const f = await failure(call(c, c.listDevices, {}));
+    expect(f.code).toBe(Code.PERMISSION_DENIED);
+    expect(f.details).toMatch(/^\(no usable CN\) may not call/);
     c.close();
   });
 

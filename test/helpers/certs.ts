@@ -36,7 +36,8 @@ export async function makeCerts(dir: string, clientCns: string[]): Promise<Certs
   await makeCa(dir, "ca");
   await makeCa(dir, "rogue-ca");
   await issue(dir, "ca", "server", "tsdmd", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n");
-  for (const cn of clientCns) await issue(dir, "ca", `client-${cn}`, cn, "extendedKeyUsage=clientAuth\n");
+  // A "CN" may carry more subject parts ("a/CN=b": two CNs); file names keep only safe characters.
+  for (const cn of clientCns) await issue(dir, "ca", clientFile(cn), cn, "extendedKeyUsage=clientAuth\n");
   await issue(dir, "rogue-ca", "rogue", clientCns[0] ?? "admin", "extendedKeyUsage=clientAuth\n");
   const p = (f: string) => path.join(dir, f);
   return {
@@ -44,7 +45,9 @@ export async function makeCerts(dir: string, clientCns: string[]): Promise<Certs
     ca: p("ca.crt"),
     serverCert: p("server.crt"),
     serverKey: p("server.key"),
-    client: (cn) => ({ cert: p(`client-${cn}.crt`), key: p(`client-${cn}.key`) }),
+    client: (cn) => ({ cert: p(`${clientFile(cn)}.crt`), key: p(`${clientFile(cn)}.key`) }),
     rogue: { cert: p("rogue.crt"), key: p("rogue.key") },
   };
 }
+
+const clientFile = (cn: string): string => `client-${cn.replace(/[^A-Za-z0-9_-]/g, "_")}`;
