@@ -129,7 +129,7 @@ describe("Table.load fuzz over every registered target type", () => {
         }
         expect(openFds()).toBe(fds);
       }),
-      { numRuns: 300 },
+      { numRuns: Number(process.env.FUZZ_RUNS ?? 300) },
     );
   });
 });
