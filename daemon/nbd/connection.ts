@@ -25,6 +25,7 @@ import {
 } from "./protocol.js";
 import { writeZeroesFallback } from "./zeroes.js";
 import { sharedPool } from "./buffer-pool.js";
+import type { PayloadBudget } from "./budget.js";
 
 /** Oversized WRITE payloads up to this size are skipped (read and dropped) to keep the stream in sync; beyond it
  * the connection is closed, as a client sending that much garbage is not worth the bandwidth. */
@@ -90,6 +91,7 @@ export class Connection {
     private readonly contexts: readonly SelectedContext[],
     private readonly log: Logger,
     private readonly onGone: (c: Connection) => void,
+    private readonly budget: PayloadBudget,
   ) {
     this.align = blockSizes(dev).min;
     socket.setNoDelay(true);
@@ -492,12 +494,14 @@ export class Connection {
   private started(bytes: number): void {
     this.inflight++;
     this.inflightBytes += bytes;
-    if (this.inflight >= MAX_INFLIGHT || this.inflightBytes >= MAX_INFLIGHT_BYTES) this.pause();
+    this.budget.take(bytes);
+    if (this.inflight >= MAX_INFLIGHT || this.inflightBytes >= MAX_INFLIGHT_BYTES || this.budget.exhausted) this.pause();
   }
 
   private finished(bytes: number): void {
     this.inflight--;
     this.inflightBytes -= bytes;
+    this.budget.give(bytes);
     if (this.closed) {
       if (this.inflight === 0) this.release();
     } else if (this.paused) this.checkFlow();
@@ -510,8 +514,14 @@ export class Connection {
   }
 
   private readonly onDrain = (): void => this.checkFlow();
+  private readonly onBudget = (): void => this.checkFlow();
 
   private checkFlow(): void {
+    if (this.budget.exhausted && !this.closed) {
+      // Other connections hold the memory: wait for the budget, not for our own requests (we may have none).
+      this.budget.whenAvailable(this.onBudget);
+      return this.pause();
+    }
     const congested =
       this.inflight >= MAX_INFLIGHT || this.inflightBytes >= MAX_INFLIGHT_BYTES || this.socket.writableLength >= MAX_QUEUED_REPLY_BYTES;
     if (congested) return this.pause();
@@ -549,6 +559,7 @@ export class Connection {
 
   private readonly onClose = (): void => {
     this.closed = true;
+    this.budget.forget(this.onBudget);
     this.rx = RxState.Stopped;
     this.stash = undefined;
     if (this.wBuf) sharedPool.put(this.wBuf);

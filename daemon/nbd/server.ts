@@ -3,6 +3,7 @@ import type { DeviceRegistry, RegistryEvent } from "../device/registry.js";
 import type { Logger } from "../core/log.js";
 import { bindPrivate, claimSocketPath } from "../core/unix-socket.js";
 import { ByteQueue } from "./byte-queue.js";
+import { PayloadBudget } from "./budget.js";
 import { Connection } from "./connection.js";
 import { negotiate, ProtocolViolation } from "./handshake.js";
 import { MetaContextRegistry } from "./meta-context.js";
@@ -16,6 +17,8 @@ export interface NbdServerOptions {
   metaContexts?: MetaContextRegistry;
   /** A client silent for this long during option haggling is dropped (transmission has no timeout). Default 30 s. */
   handshakeTimeoutMs?: number;
+  /** Request payload bytes held across all connections before they stop reading requests. Default 1 GiB. */
+  maxPayloadBytes?: number;
 }
 
 /** How long close() waits for clients to finish in-flight requests before cutting them off. */
@@ -31,6 +34,7 @@ export class NbdServer {
   private readonly maxConnections: number;
   private readonly metaContexts: MetaContextRegistry;
   private readonly handshakeTimeoutMs: number;
+  private readonly budget: PayloadBudget;
   private readonly listeners: net.Server[] = [];
   private readonly handshaking = new Set<net.Socket>();
   private readonly connections = new Set<Connection>();
@@ -42,6 +46,7 @@ export class NbdServer {
     this.maxConnections = opts.maxConnections ?? 256;
     this.metaContexts = opts.metaContexts ?? new MetaContextRegistry();
     this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 30_000;
+    this.budget = new PayloadBudget(opts.maxPayloadBytes ?? 1 << 30);
     this.registry.on("event", this.onRegistryEvent);
   }
 
@@ -137,7 +142,7 @@ export class NbdServer {
           socket.destroy();
           return;
         }
-        const conn = new Connection(socket, neg.dev, neg.structured, neg.contexts, this.log, (c) => this.connections.delete(c));
+        const conn = new Connection(socket, neg.dev, neg.structured, neg.contexts, this.log, (c) => this.connections.delete(c), this.budget);
         this.connections.add(conn);
         this.log.debug("nbd client attached", { device: neg.dev.name, structured: neg.structured });
         conn.start([...neg.leftover, ...queue.drain()]);

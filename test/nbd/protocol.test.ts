@@ -382,6 +382,43 @@ describe("NBD protocol handling", () => {
       c.destroy();
     });
 
+    it("a payload budget across connections: many writers together hold no more than it allows", async () => {
+      const server = new NbdServer({ registry: fx.reg, log: silentLogger, maxPayloadBytes: 256 << 10 });
+      const sock = path.join(fx.dir, "budget.sock");
+      await server.listenUnix(sock);
+      const { file: f } = await fx.linear("budget-base", 8 << 20);
+      const dev = fx.reg.create({ name: "budget" });
+      await dev.load([{ start: 0 as Sector, length: ((8 << 20) / 512) as Sector, type: "delay", params: `${f} 0 0 ${f} 0 150` }], false);
+      await dev.resume({ noflush: false });
+      const clients = await Promise.all([0, 1, 2].map(() => RawClient.connect(sock)));
+      for (const c of clients) {
+        await c.greet();
+        await c.go("budget");
+      }
+      const payload = Buffer.alloc(64 << 10, 0x42);
+      clients.forEach((c, k) => {
+        for (let i = 0; i < 16; i++) c.request(CMD.WRITE, { cookie: BigInt(i), offset: (k * 16 + i) * payload.length, length: payload.length, payload });
+      });
+      // dm-delay's status counts the writes it holds: with 64 KiB writes and a 256 KiB budget, at most 4 plus
+      // one per connection (each may take one request past the budget before it stops reading).
+      let most = 0;
+      const done = Promise.all(clients.map(async (c) => {
+        for (let i = 0; i < 16; i++) expect((await c.simpleReply()).error).toBe(0);
+      }));
+      let finished = false;
+      void done.then(() => (finished = true));
+      while (!finished) {
+        most = Math.max(most, Number(dev.live!.lines("info")[0]!.params.split(" ")[1]));
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      await done;
+      expect(most).toBeGreaterThan(0);
+      expect(most).toBeLessThanOrEqual(4 + clients.length);
+      expect(fs.readFileSync(f).subarray(0, 48 * payload.length).every((b) => b === 0x42)).toBe(true);
+      for (const c of clients) c.destroy();
+      await server.close();
+    });
+
     it("WRITE_ZEROES and TRIM reach the file", async () => {
       const c = await attached();
       c.request(CMD.WRITE_ZEROES, { cookie: 1n, offset: 131072, length: 65536, flags: 2 /* NO_HOLE */ });
