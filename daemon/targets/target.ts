@@ -23,6 +23,16 @@ export interface SuspendOptions {
   readonly noflush: boolean;
 }
 
+/** Why a table is being destroyed. */
+export interface DestroyOptions {
+  /**
+   * The daemon is stopping and will construct this table again (restoring) on its next start: write what must be
+   * durable, but nothing that records the end of the table's life (log-writes' end mark). Absent or false: a
+   * real dtr (remove, table replacement, failed load).
+   */
+  readonly shutdown?: boolean;
+}
+
 export interface Target {
   /** map + end_io: serve `bio`, whose sector is relative to the start of this target. */
   map(bio: Bio): Promise<void>;
@@ -39,7 +49,7 @@ export interface Target {
   /** After the table is live. */
   resume?(): Promise<void>;
   /** dtr: final writes and release of resources. Underlying devices opened via the context are closed after. */
-  destroy(): Promise<void>;
+  destroy(opts?: DestroyOptions): Promise<void>;
   /** iterate_devices: the underlying devices, for deps. Defaults to everything opened through the context. */
   devices?(): readonly BlockDevice[];
   /** io_hints: the logical block size this target needs (default: the largest of its devices', or 512). */

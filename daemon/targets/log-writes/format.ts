@@ -36,6 +36,11 @@ const KNOWN_FLAGS = FLAG_NAMES.reduce((m, [, v]) => m | v, 0);
 
 /** The mark the kernel appends when the target is removed cleanly. */
 export const END_MARK = "dm-log-writes-end";
+/**
+ * tsdm: the first entry a device logs when it continues an existing log after a daemon restart. Writes between the
+ * last logged entry before it and the restart may be missing (after a kill -9: those not yet flushed).
+ */
+export const RESTART_MARK = "tsdm-restart";
 
 /** A sector count in log units (sectorsize bytes each), distinct from 512-byte dm sectors. */
 export type LogBlocks = number & { readonly __unit: "log-block" };

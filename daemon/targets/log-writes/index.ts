@@ -17,6 +17,9 @@
  * Status: `<logged entries> <last allocated log sector (512 B units)>[ logging_disabled]`.
  * Table:  `<dev label> <log dev label>` (plus ` 2 log_sector_size <bytes>` when that option was given).
  * Message: `mark <text>` (the text is cut to sectorsize - 33 bytes).
+ *
+ * Daemon restarts: a shutdown logs the unflushed writes and rewrites the super, without the end mark; the restored
+ * device continues after the entries the super counts, its first entry the mark `tsdm-restart`.
  */
 import type { Target, TargetContext, TargetType } from "../target.js";
 import type { BlockDevice } from "../../io/block-device.js";

@@ -1,9 +1,9 @@
-import type { Target, TargetContext } from "../target.js";
+import type { DestroyOptions, Target, TargetContext } from "../target.js";
 import type { Bio } from "../../io/bio.js";
 import type { BlockDevice } from "../../io/block-device.js";
 import { DmError } from "../../core/errors.js";
 import { SECTOR_SIZE, type Sector } from "../../core/units.js";
-import { END_MARK, LogFlag, encodeEntry, encodeSuper, logBlocks, markEntry, maxMarkLength, type LogEntryHeader } from "./format.js";
+import { END_MARK, LogFlag, RESTART_MARK, encodeEntry, encodeSuper, logBlocks, markEntry, maxMarkLength, type LogEntryHeader } from "./format.js";
 
 /**
  * dm-log-writes runtime semantics (kernel drivers/md/dm-log-writes.c, target 1.1.0):
@@ -13,7 +13,8 @@ import { END_MARK, LogFlag, encodeEntry, encodeSuper, logBlocks, markEntry, maxM
  *   empty flush takes the unflushed list *at submit time* and, on completion, queues that batch followed by
  *   itself. So W1,W2,W3,C3,C2,Wflush,C1,Cflush logs W3,W2,flush and W1 waits for the next flush.
  * - Marks (message `mark <text>`) are queued at once; removal queues the remaining unflushed writes and the mark
- *   `dm-log-writes-end`.
+ *   `dm-log-writes-end`. A daemon shutdown queues the unflushed writes and rewrites the super, without the end
+ *   mark (the device comes back on the next start and continues the log, beginning with the mark `tsdm-restart`).
  * - One logger drains the queue FIFO: it allocates the entry's place (header block + payload), writes it, and
  *   after a FUA or MARK entry rewrites the super block with the number of entries so far.
  * - When an entry would reach the end of the log device, or a log write fails, logging stops for good
@@ -82,6 +83,8 @@ export class LogWritesTarget implements Target {
   private readonly inflightWrites = new Set<Promise<void>>();
   private readonly idleWaiters: (() => void)[] = [];
   private destroyed = false;
+  /** Continuing a log from before a daemon restart: the first resume logs RESTART_MARK. */
+  private restartMarkDue = false;
 
   constructor(cfg: LogWritesConfig) {
     this.dev = cfg.dev;
@@ -96,10 +99,15 @@ export class LogWritesTarget implements Target {
     this.nextSector = this.unitSectors;
   }
 
-  /** Append after `entries` existing entries, the next one at `nextSector` (restart of the daemon). */
+  /**
+   * Append after `entries` existing entries, the next one at `nextSector` (restart of the daemon). The first
+   * resume then logs RESTART_MARK before any I/O: after a kill -9, writes that reached the data device but were
+   * not logged yet (unflushed ones) are missing from the log, and the mark shows where.
+   */
   continueLog(entries: number, nextSector: number): void {
     this.loggedEntries = entries;
     this.nextSector = nextSector;
+    this.restartMarkDue = true;
   }
 
   get logicalBlockSize(): number {
@@ -314,21 +322,37 @@ export class LogWritesTarget implements Target {
     await this.idle();
   }
 
+  /** Before held and new I/O flow: queued ahead of every bio of this table. */
+  async resume(): Promise<void> {
+    if (!this.restartMarkDue) return;
+    this.restartMarkDue = false;
+    this.mark(RESTART_MARK);
+  }
+
   // ---- teardown ----
 
   /**
    * dtr: queue the unflushed writes, then the end mark (which writes the super). The kernel splices them at the
    * head of the logging queue; when the logger still has a backlog that would put them before FUA entries and
    * marks that completed earlier, so tsdm appends them at the tail, keeping the log in completion order.
+   * On a daemon shutdown the table lives on (restored on the next start), so instead of the end mark the super
+   * is rewritten to count every entry, and the restored table continues right after them.
    */
-  async destroy(): Promise<void> {
+  async destroy(opts?: DestroyOptions): Promise<void> {
     if (this.destroyed) return;
     this.destroyed = true;
     const rest = this.unflushed;
     this.unflushed = [];
     this.enqueue(rest);
-    if (!this.readOnly) this.mark(END_MARK);
+    if (this.readOnly) return this.idle();
+    if (!opts?.shutdown) {
+      this.mark(END_MARK);
+      return this.idle();
+    }
     await this.idle();
+    // Nothing logged by anyone: leave sector 0 alone, as the kernel does until the first FUA or mark.
+    if (!this.loggingEnabled || this.loggedEntries === 0) return;
+    await this.writeSuper(this.loggedEntries).catch((err: unknown) => this.disable(`Error writing the log super block: ${errorText(err)}`));
   }
 }
 
