@@ -158,6 +158,29 @@ describe("tables (spec §2.1)", () => {
     expect(dev.logicalBlockSize).toBe(512);
   });
 
+  it.each([["4096"], ["2 frobnicate 1"], ["1"], ["0"], ["2 4096 log_sector_size"], ["x 2 log_sector_size 4096"]])(
+    "extra arguments '%s' are ignored, as the kernel ignores everything after the two devices",
+    async (extra) => {
+      const data = makeFile(tmp.dir, "data", 1 << 20);
+      const log = makeFile(tmp.dir, "log", 1 << 20);
+      const dev = reg.create({ name: "lw" });
+      await dev.load(line(2048, `${data} ${log} ${extra}`), false);
+      await dev.resume({ noflush: false });
+      expect(dev.live!.lines("table")[0]!.params).toBe(`${data} ${log}`);
+      expect(dev.logicalBlockSize).toBe(512);
+    },
+  );
+
+  it("the tsdm option group: 2 log_sector_size N (keyword in any case)", async () => {
+    const data = makeFile(tmp.dir, "data", 1 << 20);
+    const log = makeFile(tmp.dir, "log", 1 << 20);
+    const dev = reg.create({ name: "lw" });
+    await dev.load(line(2048, `${data} ${log} 2 LOG_SECTOR_SIZE 4096 trailing`), false);
+    await dev.resume({ noflush: false });
+    expect(dev.live!.lines("table")[0]!.params).toBe(`${data} ${log} 2 log_sector_size 4096`);
+    expect(dev.logicalBlockSize).toBe(4096);
+  });
+
   it.each([
     ["no arguments", "", /Invalid argument count/],
     ["one argument", "DATA", /Invalid argument count/],
@@ -168,7 +191,8 @@ describe("tables (spec §2.1)", () => {
     ["bad log_sector_size", "DATA LOG 2 log_sector_size 1000", /power of two/],
     ["log_sector_size too small", "DATA LOG 2 log_sector_size 256", /Invalid log_sector_size/],
     ["log_sector_size without value", "DATA LOG 1 log_sector_size", /needs a value/],
-    ["unknown option", "DATA LOG 2 frobnicate 1", /Unrecognised optional parameter/],
+    ["unknown option inside the log_sector_size group", "DATA LOG 4 log_sector_size 4096 frobnicate 1", /Unrecognised optional parameter/],
+    ["log_sector_size not a number", "DATA LOG 2 log_sector_size big", /Invalid log_sector_size/],
     ["option count beyond the arguments", "DATA LOG 3 log_sector_size 4096", /optional parameters/],
   ])("%s → EINVAL, live table and log untouched", async (_what, params, reason) => {
     const data = makeFile(tmp.dir, "data", 1 << 20);
