@@ -35,6 +35,14 @@ const MAX_INFLIGHT_WRITES = 16;
 const COALESCE_BYTES = 64 << 10;
 /** Consecutive queued entries (contiguous in the log) go out as one write of up to this many bytes. */
 const BATCH_BYTES = 1 << 20;
+/**
+ * Write-zeroes is logged as zero writes of at most this many bytes, one entry each, as the kernel's block layer
+ * turns it into zero-page bios of up to 256 pages (dm-log-writes does not take REQ_OP_WRITE_ZEROES). A multiple
+ * of every log sector size the target allows.
+ */
+const ZERO_CHUNK_BYTES = 1 << 20;
+/** The payload of every write-zeroes entry (views of it): never written to. */
+const ZEROES = Buffer.alloc(ZERO_CHUNK_BYTES);
 
 /** A write-like request on its way to the log. */
 interface PendingBlock {
@@ -141,25 +149,38 @@ export class LogWritesTarget implements Target {
     if (sector % this.unitSectors !== 0 || bio.count % this.unitSectors !== 0) {
       throw new DmError("EINVAL", `log-writes: I/O at sector ${sector} length ${bio.count} is not aligned to the ${this.sectorSize}-byte log sector size`);
     }
-    let flags = bio.fua ? LogFlag.FUA : 0;
-    let data: Buffer | undefined;
-    if (bio.op === "discard") flags |= LogFlag.DISCARD;
-    else if (bio.op === "write") data = Buffer.from(bio.data!); // copied at submit time, as the kernel does
-    else data = Buffer.alloc(bio.count * SECTOR_SIZE); // write_zeroes: the kernel sees zero-page writes
-    const block: PendingBlock = {
-      header: { sector: logBlocks(sector / this.unitSectors), nrSectors: logBlocks(bio.count / this.unitSectors), flags, dataLen: 0 },
-      data,
-    };
+    const fua = bio.fua ? LogFlag.FUA : 0;
+    const blocks: PendingBlock[] =
+      bio.op === "write_zeroes"
+        ? this.zeroBlocks(sector, bio.count, fua)
+        : bio.op === "discard"
+          ? [this.block(sector, bio.count, fua | LogFlag.DISCARD)]
+          : [this.block(sector, bio.count, fua, Buffer.from(bio.data!))]; // copied at submit time, as the kernel does
     try {
       await this.dev.submit(down);
     } catch (err) {
       // A data device without discard: the kernel completes the discard at once and logs it all the same.
       const unsupportedDiscard = bio.op === "discard" && isNotSupported(err);
-      this.completed(block); // failed writes are logged too: the kernel's end_io does not look at the status
+      for (const b of blocks) this.completed(b); // failed writes are logged too: the kernel's end_io does not look at the status
       if (!unsupportedDiscard) throw err;
       return;
     }
-    this.completed(block);
+    for (const b of blocks) this.completed(b);
+  }
+
+  private block(sector: number, count: number, flags: number, data?: Buffer): PendingBlock {
+    return { header: { sector: logBlocks(sector / this.unitSectors), nrSectors: logBlocks(count / this.unitSectors), flags, dataLen: 0 }, data };
+  }
+
+  /** The zero writes the kernel would see for a write-zeroes: ZERO_CHUNK_BYTES each, in ascending order, sharing ZEROES. */
+  private zeroBlocks(sector: number, count: number, flags: number): PendingBlock[] {
+    const chunk = ZERO_CHUNK_BYTES / SECTOR_SIZE;
+    const blocks: PendingBlock[] = [];
+    for (let done = 0; done < count; done += chunk) {
+      const n = Math.min(chunk, count - done);
+      blocks.push(this.block(sector + done, n, flags, ZEROES.subarray(0, n * SECTOR_SIZE)));
+    }
+    return blocks;
   }
 
   /** end_io for a write or discard. */
