@@ -228,6 +228,48 @@ describe("errors and exit codes (spec §3.4)", () => {
   });
 });
 
+describe("details of the xfstests replay-log (src/log-writes)", () => {
+  /** A hand-built log: `blocks` are header blocks (512 B) and payload blocks, the super counting `entries`. */
+  const handLog = (entries: number, blocks: Buffer[]) => {
+    fs.writeFileSync(p("hand.log"), Buffer.concat([encodeSuper({ nrEntries: entries, sectorSize: 512 }), ...blocks]));
+    return p("hand.log");
+  };
+  const header = (sector: number, nr: number, flags: number) => encodeEntry({ sector: logBlocks(sector), nrSectors: logBlocks(nr), flags, dataLen: 0 }, 512);
+  /** A mark header whose bytes after the text are `tail` (the kernel writes zeroes there). */
+  const markHeader = (text: string, dataLen: number, tail = "") => {
+    const b = encodeEntry({ sector: logBlocks(0), nrSectors: logBlocks(0), flags: LogFlag.MARK, dataLen }, 512);
+    Buffer.from(text + tail, "latin1").copy(b, 32);
+    return b;
+  };
+
+  it("-vv: --start-entry seeks print the header position and no flag names; --find and --start-mark seeks do", async () => {
+    // Entry 0: header @1, payload @2-3; entry 1 (FUA): header @4, payload @5; entry 2 (mark): header @6.
+    const log = handLog(3, [header(5, 2, 0), fill(2, 0x61), header(9, 1, LogFlag.FUA), fill(1, 0x62), markHeader("m", 1)]);
+    const target = makeFile(tmp.dir, "t", 1 << 20);
+    const bySeek = await replayLog(["-vv", "--log", log, "--replay", target, "--start-entry", "2"]);
+    expect(bySeek.stdout).toBe("seek entry 0@1: 5, size 2, flags 0x0\nseek entry 1@4: 9, size 1, flags 0x2\nreplaying 2@7: sector 0, size 0, flags 0x8(MARK)\n");
+    const byFind = await replayLog(["-vv", "--log", log, "--find", "--end-mark", "m", "--start-entry", "1"]);
+    expect(byFind.stdout).toBe("seek entry 0@1: 5, size 2, flags 0x0\nseek entry 1@5: 9, size 1, flags 0x2(FUA)\nseek entry 2@7: 0, size 0, flags 0x8(MARK)\n2@7\n");
+    const byMark = await replayLog(["-vv", "--log", log, "--find", "--next-fua", "--start-mark", "m"]);
+    expect(byMark).toMatchObject({ code: 1, stdout: "seek entry 0@2: 5, size 2, flags 0x0(NONE)\nseek entry 1@5: 9, size 1, flags 0x2(FUA)\nseek entry 2@7: 0, size 0, flags 0x8(MARK)\n" });
+  });
+
+  it("stray operands are ignored, as getopt_long leaves them to a main() that never looks", async () => {
+    const log = handLog(1, [markHeader("m", 1)]);
+    expect(await replayLog(["--log", log, "stray", "--num-entries", "more"])).toMatchObject({ code: 0, stdout: "1\n", stderr: "" });
+  });
+
+  it("marks match as strncmp(name, text, data_len + 1): the byte after the text counts, an embedded NUL ends it", async () => {
+    // data_len 3 but "abcd" on disk (no NUL after the text), and data_len 5 holding "ab\0cd".
+    const log = handLog(3, [markHeader("abc", 3, "d"), markHeader("ab\0cd", 5), markHeader("abc", 3)]);
+    const find = async (mark: string) => (await replayLog(["--log", log, "--find", "--end-mark", mark])).stdout.trim();
+    expect(await find("abc")).toBe("2@4"); // not entry 0: its text is not NUL-terminated at data_len
+    expect(await find("abcd")).toBe("0@2");
+    expect(await find("abcdXYZ")).toBe("0@2"); // strncmp stops after data_len + 1 bytes
+    expect(await find("ab")).toBe("1@3");
+  });
+});
+
 describe("logs written by QEMU blklogwrites (spec §4, §7)", () => {
   const qemuLog = async (opts: string, cmds: string[]) => {
     const seed = randomFile("seed", 4 << 20);

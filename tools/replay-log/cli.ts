@@ -85,8 +85,8 @@ function number(text: string, what: string): bigint {
 }
 
 function parseArgs(argv: readonly string[]): Config | "help" {
-  const { opts, operands } = getoptLong(argv, OPTIONS);
-  if (operands.length > 0) throw new UsageError(`unexpected argument '${operands[0]}'`);
+  // Operands are ignored: the C tool's getopt_long loop leaves them and main() never looks at them.
+  const { opts } = getoptLong(argv, OPTIONS);
   const c: Config = {
     log: "",
     limit: 0n,
@@ -208,10 +208,15 @@ export async function run(argv: string[]): Promise<number> {
 
 async function runWith(cfg: Config, log: LogReader, target: ReplayTarget | undefined, out: (l: string) => void, err: (l: string) => void): Promise<number> {
   const ss = log.sectorSize;
+  // -vv lines of the two C seek functions: log_seek_next_entry (--start-mark, --find) prints the position after the
+  // header and the flag names; log_seek_entry (--start-entry) the header's own position and no names.
   const seekLine = (e: ReadEntry): void => {
     if (cfg.verbose > 1) {
       out(`seek entry ${e.index}@${e.dataPos / ss}: ${e.header.sector}, size ${e.header.nrSectors}, flags 0x${e.header.flags.toString(16)}(${flagNames(e.header.flags)})`);
     }
+  };
+  const seekEntryLine = (e: ReadEntry): void => {
+    if (cfg.verbose > 1) out(`seek entry ${e.index}@${e.headerPos / ss}: ${e.header.sector}, size ${e.header.nrSectors}, flags 0x${e.header.flags.toString(16)}`);
   };
 
   // Position: after the start mark, or at the start entry.
@@ -220,10 +225,10 @@ async function runWith(cfg: Config, log: LogReader, target: ReplayTarget | undef
       const e = log.next();
       if (!e) throw new LogReadError("Couldn't find starting mark");
       seekLine(e);
-      if (shouldStop(e.header, LogFlag.MARK, cfg.startMark)) break;
+      if (shouldStop(e, LogFlag.MARK, cfg.startMark)) break;
     }
   } else {
-    log.seekEntry(cfg.startEntry > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(cfg.startEntry), seekLine);
+    log.seekEntry(cfg.startEntry > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(cfg.startEntry), seekEntryLine);
   }
   if (!cfg.walk && (cfg.fsck === undefined) !== (cfg.check === undefined)) throw usage("--fsck and --check go together");
 
@@ -243,7 +248,7 @@ async function runWith(cfg: Config, log: LogReader, target: ReplayTarget | undef
       if (!e) break;
       seekLine(e);
       count++;
-      if ((cfg.limit && count === cfg.limit) || shouldStop(e.header, cfg.stopFlags, cfg.endMark)) {
+      if ((cfg.limit && count === cfg.limit) || shouldStop(e, cfg.stopFlags, cfg.endMark)) {
         out(`${e.index}@${e.endPos / ss}`);
         return 0;
       }
@@ -272,7 +277,7 @@ async function runWith(cfg: Config, log: LogReader, target: ReplayTarget | undef
       count++;
       await replayEntry(cfg, log, target, e, buf, out);
       bar?.increment();
-      const lastStop = (cfg.limit && count === cfg.limit) || shouldStop(e.header, cfg.stopFlags, cfg.endMark);
+      const lastStop = (cfg.limit && count === cfg.limit) || shouldStop(e, cfg.stopFlags, cfg.endMark);
       if (cfg.fsck !== undefined && (isCheckPoint(walkPoints, e.header.flags, count) || (cfg.walk && (lastStop || e.index === log.nrEntries - 1)))) {
         target.fsync();
         checked++;
