@@ -6,6 +6,7 @@ import type { DeviceRegistry } from "../../daemon/device/registry.js";
 import { LogFlag, encodeEntry, encodeSuper, logBlocks } from "../../daemon/targets/log-writes/format.js";
 import { run } from "../helpers/daemon.js";
 import { makeFile, makeRegistry, tempDir } from "../helpers/registry.js";
+import { snapshotForCheck } from "../../tools/replay-log/walk.js";
 import { S, discard, fill, flush, replayLog, write } from "./helpers.js";
 
 let reg: DeviceRegistry;
@@ -334,5 +335,45 @@ describe("crash-consistency walk (--walk)", () => {
     expect(all.code, all.stderr).toBe(0);
     expect(all.stdout.match(/: ok$/gm)!.length).toBe(4); // first, second, third, dm-log-writes-end
     expect(all.stdout).toMatch(/walk: 4 check points passed/);
+  });
+
+  it("--check-from-mark / --check-from-entry replay what comes before unchecked; --check-in-place checks the target itself", async () => {
+    const { seed, log } = await tsdmWorkload();
+    // Holds from the mark "second" on (sector 400 was rewritten before it), not before.
+    const second = (await replayLog(["--log", log, "--find", "--end-mark", "second"])).stdout.split("@")[0]!;
+    const changed = `! cmp -s -i 204800:204800 -n 512 {} ${p("seed")}`;
+    const failing = await replayLog(["--walk", "--log", log, "--replay", copy(seed, "w1"), "--fsck", changed]);
+    expect(failing.code).toBe(1);
+    const fromMark = await replayLog(["--walk", "--check-from-mark", "second", "--log", log, "--replay", copy(seed, "w2"), "--fsck", changed]);
+    expect(fromMark.code, fromMark.stdout).toBe(0);
+    expect(fromMark.stdout.split("\n")[0]).toMatch(new RegExp(`^entry ${second}@\\d+ MARK "second": ok$`));
+    const fromEntry = await replayLog(["--walk", "--check-from-entry", second, "--log", log, "--replay", copy(seed, "w3"), "--fsck", changed]);
+    expect(fromEntry.stdout).toBe(fromMark.stdout);
+    // In place: '{}' is the replay target (a regular file here), no snapshot.
+    const target = copy(seed, "w4");
+    const inPlace = await replayLog(["--walk", "--check-in-place", "--check", "mark", "--log", log, "--replay", target, "--fsck", `test {} = '${target}'`]);
+    expect(inPlace.code, inPlace.stdout).toBe(0);
+    expect(await replayLog(["--walk", "--check-from-mark", "nope", "--log", log, "--replay", target, "--fsck", "true"])).toMatchObject({ code: 1, stderr: "Couldn't find the mark to check from\n" });
+    expect((await replayLog(["--check-in-place", "--log", log, "--replay", target, "--check", "mark", "--fsck", "true"])).stderr).toMatch(/--check-in-place goes with --walk/);
+  });
+
+  it("a check's snapshot keeps the image's holes (no full copy per check point without reflink)", () => {
+    const img = makeFile(tmp.dir, "big", 256 << 20);
+    const fd = fs.openSync(img, "r+");
+    fs.writeSync(fd, fill(8, 0x5a), 0, 4096, 100 << 20);
+    fs.closeSync(fd);
+    const snap = snapshotForCheck(img, false);
+    try {
+      expect(fs.statSync(snap.path).size).toBe(256 << 20);
+      expect(fs.statSync(snap.path).blocks * 512).toBeLessThan(1 << 20);
+      const got = Buffer.alloc(4096);
+      const sfd = fs.openSync(snap.path, "r");
+      fs.readSync(sfd, got, 0, 4096, 100 << 20);
+      fs.closeSync(sfd);
+      expect(got.equals(fill(8, 0x5a))).toBe(true);
+    } finally {
+      snap.cleanup();
+    }
+    expect(fs.existsSync(snap.path)).toBe(false);
   });
 });
