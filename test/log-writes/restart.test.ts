@@ -72,6 +72,20 @@ describe("log-writes across a daemon restart", () => {
     expect(fs.readFileSync(data)[16384]).toBe(0x44);
   });
 
+  it("killed before any super update: the restarted device starts the log anew, with the tsdm-restart mark first", async () => {
+    const { data, log } = files("n");
+    expect((await d.tsdmsetup(["create", "lwn", "--table", `0 8192 log-writes ${data} ${log}`])).code).toBe(0);
+    const c = await NbdClient.connect(d.nbdSocket, "lwn");
+    await c.write(0, Buffer.alloc(4096, 0x99)); // plain write + flush: logged, but no super yet
+    await c.flush();
+    await c.disconnect();
+    expect(superNrEntries(log)).toBe(-1);
+    await d.kill();
+    await d.restart();
+    expect((await d.tsdmsetup(["remove", "lwn"])).code).toBe(0);
+    expect(describeEntries(readLog(log))).toEqual(["mark:tsdm-restart", "mark:dm-log-writes-end"]);
+  });
+
   it("a clean stop logs the unflushed writes and updates the super without an end mark; remove writes the only end mark", async () => {
     const { log, data } = files("s");
     expect((await d.tsdmsetup(["create", "lws", "--table", `0 8192 log-writes ${data} ${log}`])).code).toBe(0);

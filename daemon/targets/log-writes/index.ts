@@ -20,7 +20,8 @@
  * Message: `mark <text>` (the text is cut to sectorsize - 33 bytes).
  *
  * Daemon restarts: a shutdown logs the unflushed writes and rewrites the super, without the end mark; the restored
- * device continues after the entries the super counts, its first entry the mark `tsdm-restart`.
+ * device continues after the entries the super counts (or starts anew when there is no valid super), its first
+ * entry the mark `tsdm-restart`.
  */
 import type { Target, TargetContext, TargetType } from "../target.js";
 import type { BlockDevice } from "../../io/block-device.js";
@@ -52,7 +53,7 @@ export const logWritesTarget: TargetType = {
     if (ctx.start % (Math.max(sectorSize, dev.logicalBlockSize) / 512) !== 0) {
       throw invalid(`Target start ${ctx.start} is not aligned to the ${sectorSize}-byte log sector size`);
     }
-    const target = new LogWritesTarget({ dev, logDev, sectorSize, explicitSectorSize: logSectorSize !== undefined, start: ctx.start, ctx, readOnly: ctx.readOnly });
+    const target = new LogWritesTarget({ dev, logDev, sectorSize, explicitSectorSize: logSectorSize !== undefined, start: ctx.start, ctx, readOnly: ctx.readOnly, restored: ctx.restoring });
     // After a daemon restart the device continues the log it had (up to its last super update) instead of
     // starting over on top of it, which would destroy the record of the writes before the crash.
     if (ctx.restoring && !ctx.readOnly) {

@@ -63,6 +63,12 @@ export interface LogWritesConfig {
   readonly ctx: TargetContext;
   /** A read-only table never writes to the log (not even the end mark). */
   readonly readOnly: boolean;
+  /**
+   * Brought back by a daemon restart: the first resume logs RESTART_MARK before any I/O, whether the log is
+   * continued (continueLog) or, having no valid super yet, started anew. After a kill -9, writes that reached the
+   * data device but were not logged yet (unflushed ones) are missing from the log; the mark shows where.
+   */
+  readonly restored?: boolean;
 }
 
 export class LogWritesTarget implements Target {
@@ -91,8 +97,8 @@ export class LogWritesTarget implements Target {
   private readonly inflightWrites = new Set<Promise<void>>();
   private readonly idleWaiters: (() => void)[] = [];
   private destroyed = false;
-  /** Continuing a log from before a daemon restart: the first resume logs RESTART_MARK. */
-  private restartMarkDue = false;
+  /** See LogWritesConfig.restored. */
+  private restartMarkDue: boolean;
 
   constructor(cfg: LogWritesConfig) {
     this.dev = cfg.dev;
@@ -105,17 +111,13 @@ export class LogWritesTarget implements Target {
     this.logEnd = cfg.logDev.size;
     this.readOnly = cfg.readOnly;
     this.nextSector = this.unitSectors;
+    this.restartMarkDue = (cfg.restored ?? false) && !cfg.readOnly;
   }
 
-  /**
-   * Append after `entries` existing entries, the next one at `nextSector` (restart of the daemon). The first
-   * resume then logs RESTART_MARK before any I/O: after a kill -9, writes that reached the data device but were
-   * not logged yet (unflushed ones) are missing from the log, and the mark shows where.
-   */
+  /** Append after `entries` existing entries, the next one at `nextSector` (restart of the daemon). */
   continueLog(entries: number, nextSector: number): void {
     this.loggedEntries = entries;
     this.nextSector = nextSector;
-    this.restartMarkDue = true;
   }
 
   get logicalBlockSize(): number {
