@@ -105,12 +105,13 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
         await api.close();
         await nodes.stop(); // before the NBD server goes: the kernel nodes' I/O runs through it
         await nbd.close();
-        // Tear devices down from the top of each stack: targets write their final state (dtr).
+        // Tear devices down from the top of each stack: targets write their final state (dtr), as for a restart
+        // (the devices come back on the next start, so e.g. log-writes writes no end mark).
         for (let progress = true; progress && registry.list().length > 0; ) {
           progress = false;
           for (const dev of registry.list()) {
             if (dev.openCount > 0) continue;
-            await registry.remove(dev).then(() => (progress = true), (err) => log.error("teardown failed", { device: dev.name, error: String(err) }));
+            await registry.remove(dev, { shutdown: true }).then(() => (progress = true), (err) => log.error("teardown failed", { device: dev.name, error: String(err) }));
           }
         }
         audit.close();

@@ -2,7 +2,7 @@ import type { Bio } from "../io/bio.js";
 import { flushBio } from "../io/bio.js";
 import { DmError } from "../core/errors.js";
 import type { Sector } from "../core/units.js";
-import type { SuspendOptions } from "../targets/target.js";
+import type { DestroyOptions, SuspendOptions } from "../targets/target.js";
 import { Table, type TableEnv, type TableLineSpec } from "./table.js";
 
 export const DM_MAJOR = 253;
@@ -189,9 +189,9 @@ export class MappedDevice {
 
   /**
    * Tear the device down (dm_destroy): suspend the live table so targets write what they must, then destroy
-   * both tables. Held bios fail with ENXIO.
+   * both tables. Held bios fail with ENXIO. `opts.shutdown`: the daemon is stopping, the tables come back on restart.
    */
-  async destroy(): Promise<void> {
+  async destroy(opts?: DestroyOptions): Promise<void> {
     if (this.live && !this.suspended) await this.suspend({ noflush: false }).catch(() => undefined);
     const held = this.held;
     this.held = [];
@@ -200,7 +200,7 @@ export class MappedDevice {
     this.live = undefined;
     this.inactive = undefined;
     let first: unknown;
-    for (const t of tables) await t?.destroy().catch((e) => (first ??= e));
+    for (const t of tables) await t?.destroy(opts).catch((e) => (first ??= e));
     for (const w of this.eventWaiters) w();
     this.eventWaiters = [];
     if (first) throw first;

@@ -9,6 +9,7 @@ import { DmError } from "../core/errors.js";
 import type { Sector } from "../core/units.js";
 import { DM_MAJOR, MappedDevice, type DeviceChange, type DeviceHooks } from "./mapped-device.js";
 import type { TableEnv, TableLineSpec } from "./table.js";
+import type { DestroyOptions } from "../targets/target.js";
 import type { Logger } from "../core/log.js";
 
 export type DeviceRefSpec = { name: string } | { uuid: string } | { major: number; minor: number };
@@ -103,9 +104,10 @@ export class DeviceRegistry extends EventEmitter {
 
   /**
    * dev_remove. An open device fails with EBUSY, unless `deferred` (removed at last close); with `force` the
-   * table is first replaced by `error` so that openers see I/O errors (dmsetup remove --force).
+   * table is first replaced by `error` so that openers see I/O errors (dmsetup remove --force). `shutdown`: the
+   * daemon is stopping and restores the device on its next start (targets skip their end-of-life writes).
    */
-  async remove(dev: MappedDevice, opts: { force?: boolean; deferred?: boolean } = {}): Promise<{ deferred: boolean }> {
+  async remove(dev: MappedDevice, opts: { force?: boolean; deferred?: boolean; shutdown?: boolean } = {}): Promise<{ deferred: boolean }> {
     return dev.serialize(async () => {
       const opens = this.userOpenCount(dev);
       const busy = opens > 0 ? `is open (${opens})` : await this.externalHolder?.busyReason(dev);
@@ -121,7 +123,7 @@ export class DeviceRegistry extends EventEmitter {
         throw new DmError("EBUSY", `device ${dev.name} ${busy}`);
       }
       await this.externalHolder?.release(dev);
-      await this.destroy(dev);
+      await this.destroy(dev, { shutdown: opts.shutdown });
       return { deferred: false };
     });
   }
@@ -138,12 +140,12 @@ export class DeviceRegistry extends EventEmitter {
     return Math.max(0, dev.openCount - (this.externalHolder?.ownOpens(dev) ?? 0));
   }
 
-  private async destroy(dev: MappedDevice): Promise<void> {
+  private async destroy(dev: MappedDevice, opts?: DestroyOptions): Promise<void> {
     this.byName.delete(dev.name);
     if (dev.uuid) this.byUuid.delete(dev.uuid);
     this.byMinor.delete(dev.minor);
     try {
-      await dev.destroy();
+      await dev.destroy(opts);
     } finally {
       this.emitEvent({ kind: "removed", device: dev });
     }

@@ -5,7 +5,7 @@ import { MAX_ALLOCATION_RUNS, dataRun, pushRun, type AllocationRun } from "../io
 import { DmError } from "../core/errors.js";
 import { MAX_DEVICE_SECTORS, type Sector } from "../core/units.js";
 import { findTargetType } from "../targets/index.js";
-import type { SuspendOptions, Target, TargetContext, TargetType } from "../targets/target.js";
+import type { DestroyOptions, SuspendOptions, Target, TargetContext, TargetType } from "../targets/target.js";
 import { splitArgs } from "./split-args.js";
 
 /** One line of a table as the client sent it (dmsetup already split the text into lines). */
@@ -242,16 +242,16 @@ export class Table {
   }
 
   /** dtr for every target, then close every underlying device. */
-  async destroy(): Promise<void> {
-    await destroyEntries(this.entries);
+  async destroy(opts?: DestroyOptions): Promise<void> {
+    await destroyEntries(this.entries, opts);
   }
 }
 
-async function destroyEntries(entries: readonly TableEntry[]): Promise<void> {
+async function destroyEntries(entries: readonly TableEntry[], opts?: DestroyOptions): Promise<void> {
   let first: unknown;
   for (const e of entries) {
     try {
-      await e.target.destroy();
+      await e.target.destroy(opts);
     } catch (err) {
       first ??= err;
     }

@@ -24,6 +24,16 @@ export interface SuspendOptions {
   readonly noflush: boolean;
 }
 
+/** Why a table is being destroyed. */
+export interface DestroyOptions {
+  /**
+   * The daemon is stopping and will construct this table again (restoring) on its next start: write what must be
+   * durable, but nothing that records the end of the table's life (log-writes' end mark). Absent or false: a
+   * real dtr (remove, table replacement, failed load).
+   */
+  readonly shutdown?: boolean;
+}
+
 export interface Target {
   /** map + end_io: serve `bio`, whose sector is relative to the start of this target. */
   map(bio: Bio): Promise<void>;
@@ -40,7 +50,7 @@ export interface Target {
   /** After the table is live. */
   resume?(): Promise<void>;
   /** dtr: final writes and release of resources. Underlying devices opened via the context are closed after. */
-  destroy(): Promise<void>;
+  destroy(opts?: DestroyOptions): Promise<void>;
   /**
    * Allocation of [sector, sector+count) relative to the target, for NBD block status: runs covering a prefix
    * of the range. Absent: everything is reported as data (always correct, never sparse).

@@ -43,6 +43,16 @@ describe("on-disk structs (spec §1.2, §1.3)", () => {
     expect(() => decodeSuper(b.subarray(0, 16))).toThrow("Error reading super");
   });
 
+  it("sectorsize: anything from one 32-byte header up to 16 MiB reads (QEMU writes 32, 64, ... 8 MiB)", () => {
+    const withSize = (n: number) => {
+      const b = encodeSuper({ nrEntries: 1, sectorSize: 512 });
+      b.writeUInt32LE(n, 24);
+      return b;
+    };
+    for (const n of [32, 64, 256, 1000, 8 << 20]) expect(decodeSuper(withSize(n)).sectorSize).toBe(n);
+    for (const n of [0, 16, 31, 16 << 20]) expect(() => decodeSuper(withSize(n))).toThrow(`Invalid sectorsize ${n}`);
+  });
+
   it("entry header: fields at 0/8/16/24, mark text at 32, NUL-terminated, zero tail", () => {
     const h = encodeEntry({ sector: logBlocks(16), nrSectors: logBlocks(8), flags: LogFlag.FUA | LogFlag.METADATA, dataLen: 0 }, 512);
     expect(h.length).toBe(512);

@@ -6,6 +6,7 @@ import type { DeviceRegistry } from "../../daemon/device/registry.js";
 import { LogFlag, encodeEntry, encodeSuper, logBlocks } from "../../daemon/targets/log-writes/format.js";
 import { run } from "../helpers/daemon.js";
 import { makeFile, makeRegistry, tempDir } from "../helpers/registry.js";
+import { snapshotForCheck } from "../../tools/replay-log/walk.js";
 import { S, discard, fill, flush, replayLog, write } from "./helpers.js";
 
 let reg: DeviceRegistry;
@@ -228,6 +229,48 @@ describe("errors and exit codes (spec §3.4)", () => {
   });
 });
 
+describe("details of the xfstests replay-log (src/log-writes)", () => {
+  /** A hand-built log: `blocks` are header blocks (512 B) and payload blocks, the super counting `entries`. */
+  const handLog = (entries: number, blocks: Buffer[]) => {
+    fs.writeFileSync(p("hand.log"), Buffer.concat([encodeSuper({ nrEntries: entries, sectorSize: 512 }), ...blocks]));
+    return p("hand.log");
+  };
+  const header = (sector: number, nr: number, flags: number) => encodeEntry({ sector: logBlocks(sector), nrSectors: logBlocks(nr), flags, dataLen: 0 }, 512);
+  /** A mark header whose bytes after the text are `tail` (the kernel writes zeroes there). */
+  const markHeader = (text: string, dataLen: number, tail = "") => {
+    const b = encodeEntry({ sector: logBlocks(0), nrSectors: logBlocks(0), flags: LogFlag.MARK, dataLen }, 512);
+    Buffer.from(text + tail, "latin1").copy(b, 32);
+    return b;
+  };
+
+  it("-vv: --start-entry seeks print the header position and no flag names; --find and --start-mark seeks do", async () => {
+    // Entry 0: header @1, payload @2-3; entry 1 (FUA): header @4, payload @5; entry 2 (mark): header @6.
+    const log = handLog(3, [header(5, 2, 0), fill(2, 0x61), header(9, 1, LogFlag.FUA), fill(1, 0x62), markHeader("m", 1)]);
+    const target = makeFile(tmp.dir, "t", 1 << 20);
+    const bySeek = await replayLog(["-vv", "--log", log, "--replay", target, "--start-entry", "2"]);
+    expect(bySeek.stdout).toBe("seek entry 0@1: 5, size 2, flags 0x0\nseek entry 1@4: 9, size 1, flags 0x2\nreplaying 2@7: sector 0, size 0, flags 0x8(MARK)\n");
+    const byFind = await replayLog(["-vv", "--log", log, "--find", "--end-mark", "m", "--start-entry", "1"]);
+    expect(byFind.stdout).toBe("seek entry 0@1: 5, size 2, flags 0x0\nseek entry 1@5: 9, size 1, flags 0x2(FUA)\nseek entry 2@7: 0, size 0, flags 0x8(MARK)\n2@7\n");
+    const byMark = await replayLog(["-vv", "--log", log, "--find", "--next-fua", "--start-mark", "m"]);
+    expect(byMark).toMatchObject({ code: 1, stdout: "seek entry 0@2: 5, size 2, flags 0x0(NONE)\nseek entry 1@5: 9, size 1, flags 0x2(FUA)\nseek entry 2@7: 0, size 0, flags 0x8(MARK)\n" });
+  });
+
+  it("stray operands are ignored, as getopt_long leaves them to a main() that never looks", async () => {
+    const log = handLog(1, [markHeader("m", 1)]);
+    expect(await replayLog(["--log", log, "stray", "--num-entries", "more"])).toMatchObject({ code: 0, stdout: "1\n", stderr: "" });
+  });
+
+  it("marks match as strncmp(name, text, data_len + 1): the byte after the text counts, an embedded NUL ends it", async () => {
+    // data_len 3 but "abcd" on disk (no NUL after the text), and data_len 5 holding "ab\0cd".
+    const log = handLog(3, [markHeader("abc", 3, "d"), markHeader("ab\0cd", 5), markHeader("abc", 3)]);
+    const find = async (mark: string) => (await replayLog(["--log", log, "--find", "--end-mark", mark])).stdout.trim();
+    expect(await find("abc")).toBe("2@4"); // not entry 0: its text is not NUL-terminated at data_len
+    expect(await find("abcd")).toBe("0@2");
+    expect(await find("abcdXYZ")).toBe("0@2"); // strncmp stops after data_len + 1 bytes
+    expect(await find("ab")).toBe("1@3");
+  });
+});
+
 describe("logs written by QEMU blklogwrites (spec §4, §7)", () => {
   const qemuLog = async (opts: string, cmds: string[]) => {
     const seed = randomFile("seed", 4 << 20);
@@ -242,6 +285,9 @@ describe("logs written by QEMU blklogwrites (spec §4, §7)", () => {
   it.each([
     ["512 B units", ""],
     ["4 KiB units, eager super", ",log-sector-size=4096,log-super-update-interval=1"],
+    // QEMU takes any power of two from 32 (the entry header's size) up: headers then have no room after their fields.
+    ["256 B units", ",log-sector-size=256,log-super-update-interval=1"],
+    ["32 B units", ",log-sector-size=32,log-super-update-interval=1"],
   ])("%s: replay gives a bit-identical image", async (_what, opts) => {
     const { seed, base } = await qemuLog(opts, ["write -P 0xab 0 64k", "flush", "write -P 0xcd 1M 4k", "write -z 2M 64k", "discard 3M 8k", "aio_write -P 0x11 512 1k", "aio_flush"]);
     const replay = copy(seed, "replay.img");
@@ -250,7 +296,7 @@ describe("logs written by QEMU blklogwrites (spec §4, §7)", () => {
     expect(fs.readFileSync(replay).equals(fs.readFileSync(base))).toBe(true);
     expect(fs.readFileSync(replay).equals(fs.readFileSync(seed))).toBe(false);
     const info = await replayLog(["--log", p("q.log")]);
-    expect(info.stdout).toMatch(opts ? /sectorsize=4096/ : /sectorsize=512/);
+    expect(info.stdout).toMatch(`sectorsize=${/log-sector-size=(\d+)/.exec(opts)?.[1] ?? 512},`);
   });
 
   it("log-append=on: a continued log replays to the final image", async () => {
@@ -289,5 +335,45 @@ describe("crash-consistency walk (--walk)", () => {
     expect(all.code, all.stderr).toBe(0);
     expect(all.stdout.match(/: ok$/gm)!.length).toBe(4); // first, second, third, dm-log-writes-end
     expect(all.stdout).toMatch(/walk: 4 check points passed/);
+  });
+
+  it("--check-from-mark / --check-from-entry replay what comes before unchecked; --check-in-place checks the target itself", async () => {
+    const { seed, log } = await tsdmWorkload();
+    // Holds from the mark "second" on (sector 400 was rewritten before it), not before.
+    const second = (await replayLog(["--log", log, "--find", "--end-mark", "second"])).stdout.split("@")[0]!;
+    const changed = `! cmp -s -i 204800:204800 -n 512 {} ${p("seed")}`;
+    const failing = await replayLog(["--walk", "--log", log, "--replay", copy(seed, "w1"), "--fsck", changed]);
+    expect(failing.code).toBe(1);
+    const fromMark = await replayLog(["--walk", "--check-from-mark", "second", "--log", log, "--replay", copy(seed, "w2"), "--fsck", changed]);
+    expect(fromMark.code, fromMark.stdout).toBe(0);
+    expect(fromMark.stdout.split("\n")[0]).toMatch(new RegExp(`^entry ${second}@\\d+ MARK "second": ok$`));
+    const fromEntry = await replayLog(["--walk", "--check-from-entry", second, "--log", log, "--replay", copy(seed, "w3"), "--fsck", changed]);
+    expect(fromEntry.stdout).toBe(fromMark.stdout);
+    // In place: '{}' is the replay target (a regular file here), no snapshot.
+    const target = copy(seed, "w4");
+    const inPlace = await replayLog(["--walk", "--check-in-place", "--check", "mark", "--log", log, "--replay", target, "--fsck", `test {} = '${target}'`]);
+    expect(inPlace.code, inPlace.stdout).toBe(0);
+    expect(await replayLog(["--walk", "--check-from-mark", "nope", "--log", log, "--replay", target, "--fsck", "true"])).toMatchObject({ code: 1, stderr: "Couldn't find the mark to check from\n" });
+    expect((await replayLog(["--check-in-place", "--log", log, "--replay", target, "--check", "mark", "--fsck", "true"])).stderr).toMatch(/--check-in-place goes with --walk/);
+  });
+
+  it("a check's snapshot keeps the image's holes (no full copy per check point without reflink)", () => {
+    const img = makeFile(tmp.dir, "big", 256 << 20);
+    const fd = fs.openSync(img, "r+");
+    fs.writeSync(fd, fill(8, 0x5a), 0, 4096, 100 << 20);
+    fs.closeSync(fd);
+    const snap = snapshotForCheck(img, false);
+    try {
+      expect(fs.statSync(snap.path).size).toBe(256 << 20);
+      expect(fs.statSync(snap.path).blocks * 512).toBeLessThan(1 << 20);
+      const got = Buffer.alloc(4096);
+      const sfd = fs.openSync(snap.path, "r");
+      fs.readSync(sfd, got, 0, 4096, 100 << 20);
+      fs.closeSync(sfd);
+      expect(got.equals(fill(8, 0x5a))).toBe(true);
+    } finally {
+      snap.cleanup();
+    }
+    expect(fs.existsSync(snap.path)).toBe(false);
   });
 });

@@ -125,6 +125,52 @@ describe("ordering: completion order, flush batches, FUA bypass (spec §2.3)", (
   });
 });
 
+describe("write-zeroes (spec §2.2: the kernel sees zero-page writes)", () => {
+  it("a large write-zeroes is logged as 1 MiB zero writes, without a buffer of its length; flush order kept", async () => {
+    const MiB = 2048; // sectors
+    const dataPath = makeFile(tmp.dir, "data", 48 << 20, "pattern");
+    const log = makeFile(tmp.dir, "log", 48 << 20);
+    const gated = new GatedDevice(FileDevice.open(dataPath, false));
+    const { target, close } = await constructOn(gated, log, 48 * MiB);
+    const w0 = target.map(write(0, fill(8, 0x11)));
+    await gated.complete(0);
+    await w0;
+    const before = process.memoryUsage().arrayBuffers;
+    const wz = target.map({ op: "write_zeroes", sector: S(8 * MiB + 8), count: S(32 * MiB + 16), fua: false });
+    await gated.submitted(2);
+    // Submitted, not completed: the old code held a 32 MiB zero buffer here.
+    expect(process.memoryUsage().arrayBuffers - before).toBeLessThan(4 << 20);
+    await gated.complete(1);
+    await wz;
+    const fl = target.map(flush());
+    await gated.complete(2);
+    await fl;
+    await close();
+    const parsed = readLog(log);
+    const entries = describeEntries(parsed);
+    const chunks = Array.from({ length: 32 }, (_, i) => `w${8 * MiB + 8 + i * MiB}+${MiB}`);
+    expect(entries).toEqual(["w0+8", ...chunks, `w${40 * MiB + 8}+16`, "flush", "mark:dm-log-writes-end"]);
+    for (let i = 1; i <= 33; i++) expect(parsed.payload[i]!.every((b) => b === 0)).toBe(true);
+    expect(fs.readFileSync(dataPath).subarray((8 * MiB + 8) * 512, (40 * MiB + 24) * 512).every((b) => b === 0)).toBe(true);
+  });
+
+  it("a FUA write-zeroes gives FUA entries, each logged at completion ahead of unflushed writes", async () => {
+    const data = makeFile(tmp.dir, "data", 4 << 20);
+    const log = makeFile(tmp.dir, "log", 8 << 20);
+    const dev = reg.create({ name: "lw" });
+    await dev.load(line(8192, `${data} ${log}`), false);
+    await dev.resume({ noflush: false });
+    await dev.submit(write(0, fill(8, 1)));
+    await dev.submit({ op: "write_zeroes", sector: S(2048), count: S(3072), fua: true });
+    await dev.suspend({ noflush: false }); // the logger is idle once suspended
+    expect(superNrEntries(log)).toBe(2);
+    expect(describeEntries(readLog(log))).toEqual(["fua2048+2048", "fua4096+1024"]);
+    await dev.resume({ noflush: false });
+    await reg.remove(dev);
+    expect(describeEntries(readLog(log))).toEqual(["fua2048+2048", "fua4096+1024", "w0+8", "mark:dm-log-writes-end"]);
+  });
+});
+
 describe("marks and messages (spec §2.6)", () => {
   it("bad messages fail with EINVAL and log nothing; long marks are cut to sectorsize-33", async () => {
     const data = makeFile(tmp.dir, "data", 1 << 20);
@@ -158,6 +204,29 @@ describe("tables (spec §2.1)", () => {
     expect(dev.logicalBlockSize).toBe(512);
   });
 
+  it.each([["4096"], ["2 frobnicate 1"], ["1"], ["0"], ["2 4096 log_sector_size"], ["x 2 log_sector_size 4096"]])(
+    "extra arguments '%s' are ignored, as the kernel ignores everything after the two devices",
+    async (extra) => {
+      const data = makeFile(tmp.dir, "data", 1 << 20);
+      const log = makeFile(tmp.dir, "log", 1 << 20);
+      const dev = reg.create({ name: "lw" });
+      await dev.load(line(2048, `${data} ${log} ${extra}`), false);
+      await dev.resume({ noflush: false });
+      expect(dev.live!.lines("table")[0]!.params).toBe(`${data} ${log}`);
+      expect(dev.logicalBlockSize).toBe(512);
+    },
+  );
+
+  it("the tsdm option group: 2 log_sector_size N (keyword in any case)", async () => {
+    const data = makeFile(tmp.dir, "data", 1 << 20);
+    const log = makeFile(tmp.dir, "log", 1 << 20);
+    const dev = reg.create({ name: "lw" });
+    await dev.load(line(2048, `${data} ${log} 2 LOG_SECTOR_SIZE 4096 trailing`), false);
+    await dev.resume({ noflush: false });
+    expect(dev.live!.lines("table")[0]!.params).toBe(`${data} ${log} 2 log_sector_size 4096`);
+    expect(dev.logicalBlockSize).toBe(4096);
+  });
+
   it.each([
     ["no arguments", "", /Invalid argument count/],
     ["one argument", "DATA", /Invalid argument count/],
@@ -168,7 +237,8 @@ describe("tables (spec §2.1)", () => {
     ["bad log_sector_size", "DATA LOG 2 log_sector_size 1000", /power of two/],
     ["log_sector_size too small", "DATA LOG 2 log_sector_size 256", /Invalid log_sector_size/],
     ["log_sector_size without value", "DATA LOG 1 log_sector_size", /needs a value/],
-    ["unknown option", "DATA LOG 2 frobnicate 1", /Unrecognised optional parameter/],
+    ["unknown option inside the log_sector_size group", "DATA LOG 4 log_sector_size 4096 frobnicate 1", /Unrecognised optional parameter/],
+    ["log_sector_size not a number", "DATA LOG 2 log_sector_size big", /Invalid log_sector_size/],
     ["option count beyond the arguments", "DATA LOG 3 log_sector_size 4096", /optional parameters/],
   ])("%s → EINVAL, live table and log untouched", async (_what, params, reason) => {
     const data = makeFile(tmp.dir, "data", 1 << 20);

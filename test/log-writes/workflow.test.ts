@@ -86,15 +86,16 @@ it("ext4: mkfs, mark, update, mark, remove; replay to each mark is the exact ima
     expect(fsck.code, fsck.stdout + fsck.stderr).toBe(0);
   }
 
-  // Crash-consistency walk with e2fsck from the mkfs mark on: every flush/FUA/mark point of the update...
-  const fromMkfs = makeFile(tmp.dir, "walk-from-mkfs", SIZE);
-  fs.writeFileSync(fromMkfs, v1);
-  const walk = await replayLog(["--walk", "--start-mark", "mkfs", "--check", "fua,mark", "--log", log, "--replay", fromMkfs, "--fsck", "e2fsck -fn {} >/dev/null 2>&1"]);
-  expect(walk.code, walk.stdout + walk.stderr).toBe(0);
-  expect(walk.stdout).toMatch(/MARK "update": ok/);
-  // ...while the flush points in the middle of writing the first image are not consistent filesystems.
+  // Crash-consistency walk over the whole log onto a zeroed image: the flush points in the middle of writing the
+  // first image (the "mkfs") are not consistent filesystems...
   const fromZero = makeFile(tmp.dir, "walk-from-zero", SIZE);
-  const broken = await replayLog(["--walk", "--check", "flush", "--log", log, "--replay", fromZero, "--fsck", "e2fsck -fn {} >/dev/null 2>&1"]);
+  const broken = await replayLog(["--walk", "--check", "fua,flush,mark", "--log", log, "--replay", fromZero, "--fsck", "e2fsck -fn {} >/dev/null 2>&1"]);
   expect(broken.code).toBe(1);
   expect(broken.stdout).toMatch(/^first failing entry: \d+@\d+ \(FLUSH\)$/m);
+  // ...so the checks start at the mkfs mark, everything before it replayed unchecked: each FUA/mark point passes.
+  const walkImg = makeFile(tmp.dir, "walk", SIZE);
+  const walk = await replayLog(["--walk", "--check-from-mark", "mkfs", "--check", "fua,mark", "--log", log, "--replay", walkImg, "--fsck", "e2fsck -fn {} >/dev/null 2>&1"]);
+  expect(walk.code, walk.stdout + walk.stderr).toBe(0);
+  expect(walk.stdout).toMatch(/^entry \d+@\d+ MARK "mkfs": ok\n(entry \d+@\d+ FUA: ok\n)+entry \d+@\d+ MARK "update": ok\n/);
+  expect(fs.readFileSync(walkImg).equals(v2)).toBe(true);
 });

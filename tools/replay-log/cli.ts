@@ -12,7 +12,7 @@ import { LogFlag, flagNames } from "../../daemon/targets/log-writes/format.js";
 import { GetoptError, getoptLong, parseCUnsigned, type LongOption } from "./getopt.js";
 import { LogReadError, LogReader, shouldStop, type ReadEntry } from "./log-reader.js";
 import { ReplayTarget, ReplayWriteError } from "./replay-target.js";
-import { runCheckCommand, snapshotForCheck, type CheckPoints, parseCheckPoints, isCheckPoint } from "./walk.js";
+import { runCheckCommand, snapshotForCheck, SnapshotError, type CheckPoints, parseCheckPoints, isCheckPoint } from "./walk.js";
 
 const OPTIONS: readonly LongOption[] = [
   { name: "next-flush", hasArg: false },
@@ -32,6 +32,9 @@ const OPTIONS: readonly LongOption[] = [
   { name: "start-sector", hasArg: true },
   { name: "end-sector", hasArg: true },
   { name: "walk", hasArg: false },
+  { name: "check-from-mark", hasArg: true },
+  { name: "check-from-entry", hasArg: true },
+  { name: "check-in-place", hasArg: false },
   { name: "help", hasArg: false, short: "h" },
 ];
 
@@ -53,6 +56,8 @@ const USAGE = `Usage: tsdm replay-log --log <logfile> [options]
 	--walk - crash-consistency walk: replay to each flush/FUA/mark (or the --check points) in turn and run
 	         --fsck on a snapshot of the replayed image ('{}' in the command = the snapshot's path);
 	         stops at and reports the first failing entry
+	--check-from-mark <mark> / --check-from-entry <entry> - replay the entries before it without checks
+	--check-in-place - --walk without snapshots: the --fsck command gets the replay target and must only read
 	-v or --verbose - print replayed ops
 	-vv - print also skipped ops
 `;
@@ -75,6 +80,10 @@ interface Config {
   startSector: bigint;
   endSector: bigint;
   walk: boolean;
+  /** Checks start at this mark / entry; earlier entries are replayed unchecked. */
+  checkFromMark?: Buffer;
+  checkFromEntry?: bigint;
+  checkInPlace: boolean;
   verbose: number;
 }
 
@@ -85,8 +94,8 @@ function number(text: string, what: string): bigint {
 }
 
 function parseArgs(argv: readonly string[]): Config | "help" {
-  const { opts, operands } = getoptLong(argv, OPTIONS);
-  if (operands.length > 0) throw new UsageError(`unexpected argument '${operands[0]}'`);
+  // Operands are ignored: the C tool's getopt_long loop leaves them and main() never looks at them.
+  const { opts } = getoptLong(argv, OPTIONS);
   const c: Config = {
     log: "",
     limit: 0n,
@@ -98,6 +107,7 @@ function parseArgs(argv: readonly string[]): Config | "help" {
     startSector: 0n,
     endSector: 0xffffffffffffffffn,
     walk: false,
+    checkInPlace: false,
     verbose: 0,
   };
   let log: string | undefined;
@@ -161,6 +171,15 @@ function parseArgs(argv: readonly string[]): Config | "help" {
       case "walk":
         c.walk = true;
         break;
+      case "check-from-mark":
+        c.checkFromMark = Buffer.from(v);
+        break;
+      case "check-from-entry":
+        c.checkFromEntry = number(v, "entry");
+        break;
+      case "check-in-place":
+        c.checkInPlace = true;
+        break;
     }
   }
   if (log === undefined) throw new UsageError("--log is required");
@@ -194,7 +213,7 @@ export async function run(argv: string[]): Promise<number> {
     log = LogReader.open(cfg.log);
     return await runWith(cfg, log, target, out, err);
   } catch (e) {
-    if (e instanceof LogReadError || e instanceof ReplayWriteError || e instanceof UsageError) {
+    if (e instanceof LogReadError || e instanceof ReplayWriteError || e instanceof SnapshotError || e instanceof UsageError) {
       err(e.message);
       if (e instanceof UsageError) process.stderr.write(USAGE);
       return 1;
@@ -208,10 +227,15 @@ export async function run(argv: string[]): Promise<number> {
 
 async function runWith(cfg: Config, log: LogReader, target: ReplayTarget | undefined, out: (l: string) => void, err: (l: string) => void): Promise<number> {
   const ss = log.sectorSize;
+  // -vv lines of the two C seek functions: log_seek_next_entry (--start-mark, --find) prints the position after the
+  // header and the flag names; log_seek_entry (--start-entry) the header's own position and no names.
   const seekLine = (e: ReadEntry): void => {
     if (cfg.verbose > 1) {
       out(`seek entry ${e.index}@${e.dataPos / ss}: ${e.header.sector}, size ${e.header.nrSectors}, flags 0x${e.header.flags.toString(16)}(${flagNames(e.header.flags)})`);
     }
+  };
+  const seekEntryLine = (e: ReadEntry): void => {
+    if (cfg.verbose > 1) out(`seek entry ${e.index}@${e.headerPos / ss}: ${e.header.sector}, size ${e.header.nrSectors}, flags 0x${e.header.flags.toString(16)}`);
   };
 
   // Position: after the start mark, or at the start entry.
@@ -220,10 +244,10 @@ async function runWith(cfg: Config, log: LogReader, target: ReplayTarget | undef
       const e = log.next();
       if (!e) throw new LogReadError("Couldn't find starting mark");
       seekLine(e);
-      if (shouldStop(e.header, LogFlag.MARK, cfg.startMark)) break;
+      if (shouldStop(e, LogFlag.MARK, cfg.startMark)) break;
     }
   } else {
-    log.seekEntry(cfg.startEntry > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(cfg.startEntry), seekLine);
+    log.seekEntry(cfg.startEntry > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(cfg.startEntry), seekEntryLine);
   }
   if (!cfg.walk && (cfg.fsck === undefined) !== (cfg.check === undefined)) throw usage("--fsck and --check go together");
 
@@ -243,7 +267,7 @@ async function runWith(cfg: Config, log: LogReader, target: ReplayTarget | undef
       if (!e) break;
       seekLine(e);
       count++;
-      if ((cfg.limit && count === cfg.limit) || shouldStop(e.header, cfg.stopFlags, cfg.endMark)) {
+      if ((cfg.limit && count === cfg.limit) || shouldStop(e, cfg.stopFlags, cfg.endMark)) {
         out(`${e.index}@${e.endPos / ss}`);
         return 0;
       }
@@ -261,6 +285,9 @@ async function runWith(cfg: Config, log: LogReader, target: ReplayTarget | undef
     return 0;
   }
   if (cfg.walk && cfg.fsck === undefined) throw usage("--walk needs --fsck <command>");
+  if ((cfg.checkFromMark || cfg.checkFromEntry !== undefined) && cfg.fsck === undefined) throw usage("--check-from-mark/--check-from-entry need --fsck");
+  if (cfg.checkInPlace && !cfg.walk) throw usage("--check-in-place goes with --walk");
+  const checkFrom = cfg.checkFromMark ? findMarkIndex(cfg.log, cfg.checkFromMark) : Number(cfg.checkFromEntry ?? 0n);
 
   const walkPoints: CheckPoints = cfg.check ?? { flags: LogFlag.FLUSH | LogFlag.FUA | LogFlag.MARK, every: 0n };
   const bar = progressBar(cfg, log);
@@ -272,8 +299,9 @@ async function runWith(cfg: Config, log: LogReader, target: ReplayTarget | undef
       count++;
       await replayEntry(cfg, log, target, e, buf, out);
       bar?.increment();
-      const lastStop = (cfg.limit && count === cfg.limit) || shouldStop(e.header, cfg.stopFlags, cfg.endMark);
-      if (cfg.fsck !== undefined && (isCheckPoint(walkPoints, e.header.flags, count) || (cfg.walk && (lastStop || e.index === log.nrEntries - 1)))) {
+      const lastStop = (cfg.limit && count === cfg.limit) || shouldStop(e, cfg.stopFlags, cfg.endMark);
+      const point = isCheckPoint(walkPoints, e.header.flags, count) || (cfg.walk && (lastStop || e.index === log.nrEntries - 1));
+      if (cfg.fsck !== undefined && point && e.index >= checkFrom) {
         target.fsync();
         checked++;
         const ok = cfg.walk ? await walkCheck(cfg, target, e, ss, out) : runCheckCommand(cfg.fsck, target.path, e.index, false);
@@ -296,7 +324,7 @@ async function runWith(cfg: Config, log: LogReader, target: ReplayTarget | undef
 }
 
 async function walkCheck(cfg: Config, target: ReplayTarget, e: ReadEntry, ss: number, out: (l: string) => void): Promise<boolean> {
-  const snap = snapshotForCheck(target.path, target.isBlockDevice);
+  const snap = snapshotForCheck(target.path, target.isBlockDevice || cfg.checkInPlace);
   try {
     const ok = runCheckCommand(cfg.fsck!, snap.path, e.index, true);
     out(`entry ${e.index}@${e.endPos / ss} ${describe(e)}: ${ok ? "ok" : "FAILED"}`);
@@ -304,6 +332,17 @@ async function walkCheck(cfg: Config, target: ReplayTarget, e: ReadEntry, ss: nu
   } finally {
     snap.cleanup();
   }
+}
+
+/** Index of the first mark matching `name` (as --end-mark matches), read with a reader of its own. */
+function findMarkIndex(logPath: string, name: Buffer): number {
+  const log = LogReader.open(logPath);
+  try {
+    for (let e = log.next(); e; e = log.next()) if (shouldStop(e, LogFlag.MARK, name)) return e.index;
+  } finally {
+    log.close();
+  }
+  throw new LogReadError("Couldn't find the mark to check from");
 }
 
 function describe(e: ReadEntry): string {

@@ -25,6 +25,11 @@ export interface ReadEntry {
   readonly dataBytes: number;
   /** Byte offset just after the entry (header + payload). */
   readonly endPos: number;
+  /**
+   * MARK entries: the data_len + 1 header bytes replay-log compares a mark name with (the text and the byte after
+   * it; bytes past the header block read as NUL).
+   */
+  readonly markBytes?: Buffer;
 }
 
 /**
@@ -90,10 +95,18 @@ export class LogReader {
       dataPos: this.curPos + this.sectorSize,
       dataBytes,
       endPos: this.curPos + this.sectorSize + dataBytes,
+      markBytes: header.flags & LogFlag.MARK ? this.markBytes(header.dataLen) : undefined,
     };
     this.curEntry++;
     this.curPos = e.endPos;
     return e;
+  }
+
+  private markBytes(dataLen: number): Buffer {
+    const n = Math.min(dataLen + 1, this.sectorSize + 1 - ENTRY_FIELDS_BYTES);
+    const b = Buffer.alloc(n);
+    this.headerBuf.copy(b, 0, ENTRY_FIELDS_BYTES, ENTRY_FIELDS_BYTES + n);
+    return b;
   }
 
   /** Position at entry `n` (0-based); fails with "Invalid entry number" when n >= nr_entries, as replay-log does. */
@@ -116,8 +129,23 @@ export class LogReader {
 }
 
 /** Does `e` stop a run with these stop flags (and, when MARK is among them, this mark name)? */
-export function shouldStop(e: LogEntryHeader, stopFlags: number, mark: Buffer | undefined): boolean {
-  if (!(e.flags & stopFlags)) return false;
+export function shouldStop(e: ReadEntry, stopFlags: number, mark: Buffer | undefined): boolean {
+  const flags = e.header.flags;
+  if (!(flags & stopFlags)) return false;
   if (!(stopFlags & LogFlag.MARK)) return true;
-  return (e.flags & LogFlag.MARK) !== 0 && mark !== undefined && e.mark !== undefined && e.mark.equals(mark);
+  return (flags & LogFlag.MARK) !== 0 && mark !== undefined && e.markBytes !== undefined && strncmpEqual(mark, e.markBytes);
+}
+
+/**
+ * strncmp(name, text, text.length) === 0 for a C string `name` (no NUL inside): the xfstests match, which compares
+ * data_len + 1 bytes so that a text followed by its NUL matches exactly that name, a text with an embedded NUL
+ * matches up to it, and a text not NUL-terminated matches every name that starts with it plus the next byte.
+ */
+export function strncmpEqual(name: Buffer, text: Buffer): boolean {
+  for (let i = 0; i < text.length; i++) {
+    const a = name[i] ?? 0;
+    if (a !== text[i]) return false;
+    if (a === 0) return true;
+  }
+  return true;
 }

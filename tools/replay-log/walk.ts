@@ -3,11 +3,13 @@
  *
  * The walk replays the log from the start position and stops at every check point (by default each FLUSH, FUA
  * and MARK entry: the moments a crash leaves the device in a state the filesystem promised to survive, and the
- * points a test named), plus the last entry replayed. At each one it fsyncs the replay image, makes a throw-away
- * copy of it (a reflink where the filesystem can; a block device is checked in place, so the command must not
- * write to it) and runs the check command through /bin/sh with '{}' replaced by the copy's path. The copy lets a
- * check mount, replay a journal or repair without disturbing the rest of the walk. The first failing entry is
- * reported ("first failing entry: N@pos (FLAGS)") and the walk exits 1; exit 0 when every point passes.
+ * points a test named), plus the last entry replayed. --check-from-mark/--check-from-entry make the points before
+ * that entry plain replay (the mkfs before a test's first mark is not crash-consistent). At each point it fsyncs
+ * the replay image, makes a throw-away snapshot of it (a reflink where the filesystem can, else a sparse copy of
+ * its data extents) and runs the check command through /bin/sh with '{}' replaced by the snapshot's path. The
+ * snapshot lets a check mount, replay a journal or repair without disturbing the rest of the walk. A block device,
+ * or any image with --check-in-place, is checked as it is: the command must not write to it. The first failing
+ * entry is reported ("first failing entry: N@pos (FLAGS)") and the walk exits 1; exit 0 when every point passes.
  * The command also sees TSDM_REPLAY_IMAGE (the image path) and TSDM_REPLAY_ENTRY (the entry index).
  */
 import { spawnSync } from "node:child_process";
@@ -56,13 +58,34 @@ export function runCheckCommand(command: string, image: string, entry: number, s
   return r.status === 0;
 }
 
-/** A copy of the replay image for one check (reflinked when possible), or the device itself for block devices. */
-export function snapshotForCheck(image: string, isBlockDevice: boolean): { path: string; cleanup: () => void } {
-  if (isBlockDevice) return { path: image, cleanup: () => undefined };
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tsdm-walk-"));
+/** The snapshot of the replay image for a check could not be made. */
+export class SnapshotError extends Error {
+  override readonly name = "SnapshotError";
+}
+
+/**
+ * A throw-away copy of the replay image for one check: beside the image (same filesystem, so a reflink is
+ * possible; os.tmpdir() when that directory is not writable), copied by cp --reflink=auto --sparse=always, which
+ * clones where the filesystem can and otherwise copies only the data extents (SEEK_DATA/SEEK_HOLE), keeping holes
+ * (a plain copy would write the whole image out at every check point). `inPlace` (or a block device): the image
+ * itself, for a command that only reads.
+ */
+export function snapshotForCheck(image: string, inPlace: boolean): { path: string; cleanup: () => void } {
+  if (inPlace) return { path: image, cleanup: () => undefined };
+  let dir: string;
+  try {
+    dir = fs.mkdtempSync(path.join(path.dirname(path.resolve(image)), ".tsdm-walk-"));
+  } catch {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), "tsdm-walk-"));
+  }
+  const cleanup = (): void => fs.rmSync(dir, { recursive: true, force: true });
   const copy = path.join(dir, path.basename(image));
-  fs.copyFileSync(image, copy, fs.constants.COPYFILE_FICLONE);
-  return { path: copy, cleanup: () => fs.rmSync(dir, { recursive: true, force: true }) };
+  const r = spawnSync("cp", ["--reflink=auto", "--sparse=always", "--", image, copy], { encoding: "utf8" });
+  if (r.status !== 0) {
+    cleanup();
+    throw new SnapshotError(`Couldn't snapshot ${image} for the check: ${r.error?.message ?? r.stderr.trim()}`);
+  }
+  return { path: copy, cleanup };
 }
 
 const shellQuote = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;

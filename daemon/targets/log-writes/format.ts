@@ -36,6 +36,11 @@ const KNOWN_FLAGS = FLAG_NAMES.reduce((m, [, v]) => m | v, 0);
 
 /** The mark the kernel appends when the target is removed cleanly. */
 export const END_MARK = "dm-log-writes-end";
+/**
+ * tsdm: the first entry a device logs when it continues an existing log after a daemon restart. Writes between the
+ * last logged entry before it and the restart may be missing (after a kill -9: those not yet flushed).
+ */
+export const RESTART_MARK = "tsdm-restart";
 
 /** A sector count in log units (sectorsize bytes each), distinct from 512-byte dm sectors. */
 export type LogBlocks = number & { readonly __unit: "log-block" };
@@ -63,9 +68,13 @@ export class LogFormatError extends Error {
   override readonly name = "LogFormatError";
 }
 
-/** A sectorsize the format can carry: a power of two the kernel or QEMU would produce (QEMU: ≥ 32, < 16 MiB). */
+/**
+ * A sectorsize a reader can walk: at least one entry header (QEMU writes powers of two from 32 up; the C replay-log
+ * takes any value and below 32 would read headers overlapping each other), under QEMU's 16 MiB bound, which also
+ * bounds the header buffer. Like replay-log, powers of two are not required. The target's own limits are stricter.
+ */
 export function isValidSectorSize(n: number): boolean {
-  return Number.isInteger(n) && n >= 512 && n < 16 << 20 && (n & (n - 1)) === 0;
+  return Number.isInteger(n) && n >= ENTRY_FIELDS_BYTES && n < 16 << 20;
 }
 
 /** Longest mark text the kernel keeps for a sectorsize (kstrndup(text, sectorsize - 32 - 1)). */
@@ -132,7 +141,8 @@ export function decodeEntry(b: Buffer): LogEntryHeader {
  */
 export function isMalformedEntry(headerBlock: Buffer, e: LogEntryHeader): boolean {
   if (e.flags === 0 && e.nrSectors === 0) return true;
-  return e.flags !== LogFlag.MARK && headerBlock[ENTRY_FIELDS_BYTES] !== 0;
+  // A 32-byte header (QEMU's smallest log-sector-size) has no byte there: nothing to check.
+  return e.flags !== LogFlag.MARK && (headerBlock[ENTRY_FIELDS_BYTES] ?? 0) !== 0;
 }
 
 /** Payload bytes that follow a header in the log. */

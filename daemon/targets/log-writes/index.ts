@@ -12,11 +12,16 @@
  *   `2 log_sector_size <bytes>` (a power of two, 512..65536) logs in that unit instead; the target's logical
  *   block size becomes max(data device's, bytes) so every request is a whole number of log units.
  *   Example: `0 2097152 log-writes /dev/vdb /dev/vdc 2 log_sector_size 4096`.
- * - Like the kernel, trailing arguments that do not start with a parameter count are ignored.
+ * - Like the kernel, other arguments after the two devices are ignored (`log-writes d l 4096` is `log-writes d l`);
+ *   only a group starting `<n> log_sector_size` is parsed, and it must be valid.
  *
  * Status: `<logged entries> <last allocated log sector (512 B units)>[ logging_disabled]`.
  * Table:  `<dev label> <log dev label>` (plus ` 2 log_sector_size <bytes>` when that option was given).
  * Message: `mark <text>` (the text is cut to sectorsize - 33 bytes).
+ *
+ * Daemon restarts: a shutdown logs the unflushed writes and rewrites the super, without the end mark; the restored
+ * device continues after the entries the super counts (or starts anew when there is no valid super), its first
+ * entry the mark `tsdm-restart`.
  */
 import type { Target, TargetContext, TargetType } from "../target.js";
 import type { BlockDevice } from "../../io/block-device.js";
@@ -48,7 +53,7 @@ export const logWritesTarget: TargetType = {
     if (ctx.start % (Math.max(sectorSize, dev.logicalBlockSize) / 512) !== 0) {
       throw invalid(`Target start ${ctx.start} is not aligned to the ${sectorSize}-byte log sector size`);
     }
-    const target = new LogWritesTarget({ dev, logDev, sectorSize, explicitSectorSize: logSectorSize !== undefined, start: ctx.start, ctx, readOnly: ctx.readOnly });
+    const target = new LogWritesTarget({ dev, logDev, sectorSize, explicitSectorSize: logSectorSize !== undefined, start: ctx.start, ctx, readOnly: ctx.readOnly, restored: ctx.restoring });
     // After a daemon restart the device continues the log it had (up to its last super update) instead of
     // starting over on top of it, which would destroy the record of the writes before the crash.
     if (ctx.restoring && !ctx.readOnly) {
@@ -92,9 +97,13 @@ export async function findLogEnd(logDev: BlockDevice, sectorSize: number): Promi
   return { entries: sup.nrEntries, nextSector: pos };
 }
 
-/** `<#opt_params> log_sector_size <bytes>`; anything not starting with a count is ignored, as the kernel does. */
+/**
+ * `<#opt_params> log_sector_size <bytes>`. The kernel ignores every argument after the two devices, so tsdm does
+ * too, except a group whose first parameter is `log_sector_size`: that one is tsdm's own and must be well formed
+ * (a bad count, value or parameter in it is EINVAL, not silently a 512-byte log).
+ */
 function parseOptions(rest: readonly string[]): number | undefined {
-  if (rest.length === 0 || !/^[0-9]+$/.test(rest[0]!)) return undefined;
+  if (rest.length < 2 || !/^[0-9]+$/.test(rest[0]!) || rest[1]!.toLowerCase() !== "log_sector_size") return undefined;
   const count = parseUintArg(rest[0], 0, rest.length - 1, "Invalid number of optional parameters");
   let size: number | undefined;
   for (let i = 1; i <= count; i++) {

@@ -1,9 +1,9 @@
-import type { Target, TargetContext } from "../target.js";
+import type { DestroyOptions, Target, TargetContext } from "../target.js";
 import type { Bio } from "../../io/bio.js";
 import type { BlockDevice } from "../../io/block-device.js";
 import { DmError } from "../../core/errors.js";
 import { SECTOR_SIZE, type Sector } from "../../core/units.js";
-import { END_MARK, LogFlag, encodeEntry, encodeSuper, logBlocks, markEntry, maxMarkLength, type LogEntryHeader } from "./format.js";
+import { END_MARK, LogFlag, RESTART_MARK, encodeEntry, encodeSuper, logBlocks, markEntry, maxMarkLength, type LogEntryHeader } from "./format.js";
 
 /**
  * dm-log-writes runtime semantics (kernel drivers/md/dm-log-writes.c, target 1.1.0):
@@ -13,7 +13,8 @@ import { END_MARK, LogFlag, encodeEntry, encodeSuper, logBlocks, markEntry, maxM
  *   empty flush takes the unflushed list *at submit time* and, on completion, queues that batch followed by
  *   itself. So W1,W2,W3,C3,C2,Wflush,C1,Cflush logs W3,W2,flush and W1 waits for the next flush.
  * - Marks (message `mark <text>`) are queued at once; removal queues the remaining unflushed writes and the mark
- *   `dm-log-writes-end`.
+ *   `dm-log-writes-end`. A daemon shutdown queues the unflushed writes and rewrites the super, without the end
+ *   mark (the device comes back on the next start and continues the log, beginning with the mark `tsdm-restart`).
  * - One logger drains the queue FIFO: it allocates the entry's place (header block + payload), writes it, and
  *   after a FUA or MARK entry rewrites the super block with the number of entries so far.
  * - When an entry would reach the end of the log device, or a log write fails, logging stops for good
@@ -34,6 +35,14 @@ const MAX_INFLIGHT_WRITES = 16;
 const COALESCE_BYTES = 64 << 10;
 /** Consecutive queued entries (contiguous in the log) go out as one write of up to this many bytes. */
 const BATCH_BYTES = 1 << 20;
+/**
+ * Write-zeroes is logged as zero writes of at most this many bytes, one entry each, as the kernel's block layer
+ * turns it into zero-page bios of up to 256 pages (dm-log-writes does not take REQ_OP_WRITE_ZEROES). A multiple
+ * of every log sector size the target allows.
+ */
+const ZERO_CHUNK_BYTES = 1 << 20;
+/** The payload of every write-zeroes entry (views of it): never written to. */
+const ZEROES = Buffer.alloc(ZERO_CHUNK_BYTES);
 
 /** A write-like request on its way to the log. */
 interface PendingBlock {
@@ -54,6 +63,12 @@ export interface LogWritesConfig {
   readonly ctx: TargetContext;
   /** A read-only table never writes to the log (not even the end mark). */
   readonly readOnly: boolean;
+  /**
+   * Brought back by a daemon restart: the first resume logs RESTART_MARK before any I/O, whether the log is
+   * continued (continueLog) or, having no valid super yet, started anew. After a kill -9, writes that reached the
+   * data device but were not logged yet (unflushed ones) are missing from the log; the mark shows where.
+   */
+  readonly restored?: boolean;
 }
 
 export class LogWritesTarget implements Target {
@@ -82,6 +97,8 @@ export class LogWritesTarget implements Target {
   private readonly inflightWrites = new Set<Promise<void>>();
   private readonly idleWaiters: (() => void)[] = [];
   private destroyed = false;
+  /** See LogWritesConfig.restored. */
+  private restartMarkDue: boolean;
 
   constructor(cfg: LogWritesConfig) {
     this.dev = cfg.dev;
@@ -94,6 +111,7 @@ export class LogWritesTarget implements Target {
     this.logEnd = cfg.logDev.size;
     this.readOnly = cfg.readOnly;
     this.nextSector = this.unitSectors;
+    this.restartMarkDue = (cfg.restored ?? false) && !cfg.readOnly;
   }
 
   /** Append after `entries` existing entries, the next one at `nextSector` (restart of the daemon). */
@@ -133,25 +151,38 @@ export class LogWritesTarget implements Target {
     if (sector % this.unitSectors !== 0 || bio.count % this.unitSectors !== 0) {
       throw new DmError("EINVAL", `log-writes: I/O at sector ${sector} length ${bio.count} is not aligned to the ${this.sectorSize}-byte log sector size`);
     }
-    let flags = bio.fua ? LogFlag.FUA : 0;
-    let data: Buffer | undefined;
-    if (bio.op === "discard") flags |= LogFlag.DISCARD;
-    else if (bio.op === "write") data = Buffer.from(bio.data!); // copied at submit time, as the kernel does
-    else data = Buffer.alloc(bio.count * SECTOR_SIZE); // write_zeroes: the kernel sees zero-page writes
-    const block: PendingBlock = {
-      header: { sector: logBlocks(sector / this.unitSectors), nrSectors: logBlocks(bio.count / this.unitSectors), flags, dataLen: 0 },
-      data,
-    };
+    const fua = bio.fua ? LogFlag.FUA : 0;
+    const blocks: PendingBlock[] =
+      bio.op === "write_zeroes"
+        ? this.zeroBlocks(sector, bio.count, fua)
+        : bio.op === "discard"
+          ? [this.block(sector, bio.count, fua | LogFlag.DISCARD)]
+          : [this.block(sector, bio.count, fua, Buffer.from(bio.data!))]; // copied at submit time, as the kernel does
     try {
       await this.dev.submit(down);
     } catch (err) {
       // A data device without discard: the kernel completes the discard at once and logs it all the same.
       const unsupportedDiscard = bio.op === "discard" && isNotSupported(err);
-      this.completed(block); // failed writes are logged too: the kernel's end_io does not look at the status
+      for (const b of blocks) this.completed(b); // failed writes are logged too: the kernel's end_io does not look at the status
       if (!unsupportedDiscard) throw err;
       return;
     }
-    this.completed(block);
+    for (const b of blocks) this.completed(b);
+  }
+
+  private block(sector: number, count: number, flags: number, data?: Buffer): PendingBlock {
+    return { header: { sector: logBlocks(sector / this.unitSectors), nrSectors: logBlocks(count / this.unitSectors), flags, dataLen: 0 }, data };
+  }
+
+  /** The zero writes the kernel would see for a write-zeroes: ZERO_CHUNK_BYTES each, in ascending order, sharing ZEROES. */
+  private zeroBlocks(sector: number, count: number, flags: number): PendingBlock[] {
+    const chunk = ZERO_CHUNK_BYTES / SECTOR_SIZE;
+    const blocks: PendingBlock[] = [];
+    for (let done = 0; done < count; done += chunk) {
+      const n = Math.min(chunk, count - done);
+      blocks.push(this.block(sector + done, n, flags, ZEROES.subarray(0, n * SECTOR_SIZE)));
+    }
+    return blocks;
   }
 
   /** end_io for a write or discard. */
@@ -314,21 +345,37 @@ export class LogWritesTarget implements Target {
     await this.idle();
   }
 
+  /** Before held and new I/O flow: queued ahead of every bio of this table. */
+  async resume(): Promise<void> {
+    if (!this.restartMarkDue) return;
+    this.restartMarkDue = false;
+    this.mark(RESTART_MARK);
+  }
+
   // ---- teardown ----
 
   /**
    * dtr: queue the unflushed writes, then the end mark (which writes the super). The kernel splices them at the
    * head of the logging queue; when the logger still has a backlog that would put them before FUA entries and
    * marks that completed earlier, so tsdm appends them at the tail, keeping the log in completion order.
+   * On a daemon shutdown the table lives on (restored on the next start), so instead of the end mark the super
+   * is rewritten to count every entry, and the restored table continues right after them.
    */
-  async destroy(): Promise<void> {
+  async destroy(opts?: DestroyOptions): Promise<void> {
     if (this.destroyed) return;
     this.destroyed = true;
     const rest = this.unflushed;
     this.unflushed = [];
     this.enqueue(rest);
-    if (!this.readOnly) this.mark(END_MARK);
+    if (this.readOnly) return this.idle();
+    if (!opts?.shutdown) {
+      this.mark(END_MARK);
+      return this.idle();
+    }
     await this.idle();
+    // Nothing logged by anyone: leave sector 0 alone, as the kernel does until the first FUA or mark.
+    if (!this.loggingEnabled || this.loggedEntries === 0) return;
+    await this.writeSuper(this.loggedEntries).catch((err: unknown) => this.disable(`Error writing the log super block: ${errorText(err)}`));
   }
 }
 
