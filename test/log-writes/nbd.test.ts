@@ -40,6 +40,17 @@ async function logWritesDevice(bytes: number, seed?: Buffer): Promise<{ data: st
 }
 
 describe("log-writes over NBD", () => {
+  it("block status shows the data device's holes (reads come from it)", async () => {
+    const { uri } = await logWritesDevice(1 << 20);
+    expect((await run("qemu-io", ["-f", "raw", uri, "-c", "write -P 0x33 256k 64k"])).code).toBe(0);
+    const map = await run("nbdinfo", ["--map", "--json", uri]);
+    expect(JSON.parse(map.stdout).map((e: { offset: number; length: number; type: number }) => [e.offset, e.length, e.type])).toEqual([
+      [0, 256 << 10, 3],
+      [256 << 10, 64 << 10, 0],
+      [320 << 10, (1 << 20) - (320 << 10), 3],
+    ]);
+  });
+
   it("qemu-io: FUA writes become FUA entries, trims discards, flushes batch the writes; replay is bit-identical", async () => {
     const seed = crypto.randomBytes(1 << 20);
     const { data, log, uri } = await logWritesDevice(1 << 20, seed);

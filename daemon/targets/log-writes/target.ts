@@ -1,6 +1,7 @@
 import type { DestroyOptions, Target, TargetContext } from "../target.js";
 import type { Bio } from "../../io/bio.js";
 import type { BlockDevice } from "../../io/block-device.js";
+import { dataRun, type AllocationRun } from "../../io/allocation.js";
 import { DmError } from "../../core/errors.js";
 import { SECTOR_SIZE, type Sector } from "../../core/units.js";
 import { END_MARK, LogFlag, RESTART_MARK, encodeEntry, encodeSuper, logBlocks, markEntry, maxMarkLength, type LogEntryHeader } from "./format.js";
@@ -126,6 +127,11 @@ export class LogWritesTarget implements Target {
 
   devices(): readonly BlockDevice[] {
     return [this.dev, this.logDev];
+  }
+
+  /** Reads come from the data device, so its holes are the device's (block status). */
+  allocation(sector: Sector, count: Sector): AllocationRun[] | Promise<AllocationRun[]> {
+    return this.dev.allocation ? this.dev.allocation((sector + this.start) as Sector, count) : [dataRun(count)];
   }
 
   // ---- I/O ----
