@@ -6,6 +6,8 @@ import { authzInterceptor, loadAuthz } from "./api/authz.js";
 import { loadTlsMaterial } from "./api/tls.js";
 import { ConfigError, parseConfig, USAGE, type DaemonConfig } from "./config.js";
 import { createLogger, type Logger } from "./core/log.js";
+import { sdNotify } from "./core/sd-notify.js";
+import { lockStateDir } from "./core/state-lock.js";
 import { DeviceRegistry } from "./device/registry.js";
 import { DeviceStateStore } from "./device/persistence.js";
 import { NbdServer } from "./nbd/server.js";
@@ -31,18 +33,14 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
   const tls = config.tls ? loadTlsMaterial(config.tls) : undefined;
   const attachError = attachModeError(config.attach);
   if (attachError) throw new Error(attachError);
-  const activatedFd = inheritedSocketFd();
-  // A second daemon on the same socket stops here, before touching anything.
-  if (activatedFd === undefined) await claimSocketPath(config.socket);
   fs.mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
+  // A second daemon on the same state dir or socket stops here, before touching anything.
+  const lock = lockStateDir(config.stateDir);
+  // From here on a failure must undo what was started, or the listeners would keep the process alive.
+  const undo: (() => Promise<void>)[] = [async () => lock.release()];
+  const activatedFd = inheritedSocketFd();
   const registry = new DeviceRegistry(log.child({ component: "registry" }), { devDir: config.devDir, maxDevices: config.maxDevices });
-
-  // Devices of the previous run come back before anyone can connect.
   const store = new DeviceStateStore(config.stateDir, registry, log.child({ component: "state" }));
-  const { restored, failed } = await store.restore();
-  if (restored.length || failed.length) log.info("devices restored", { restored, failed });
-  store.start();
-
   const nbd = new NbdServer({
     registry,
     log: log.child({ component: "nbd" }),
@@ -50,9 +48,12 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     // base:allocation, plus "blocks written since era N" on era devices (incremental backup over NBD).
     metaContexts: new MetaContextRegistry([baseAllocation, eraWrittenSince]),
   });
-  // From here on a failure must undo what was started, or the listeners would keep the process alive.
-  const undo: (() => Promise<void>)[] = [];
   try {
+    if (activatedFd === undefined) await claimSocketPath(config.socket);
+    // Devices of the previous run come back before anyone can connect.
+    const { restored, failed } = await store.restore();
+    if (restored.length || failed.length) log.info("devices restored", { restored, failed });
+    store.start();
     return await startServing();
   } catch (err) {
     for (const u of undo.reverse()) await u().catch(() => undefined);
@@ -113,6 +114,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
           }
         }
         audit.close();
+        lock.release();
       })());
     return { config, registry, stop };
   }
@@ -135,14 +137,8 @@ export async function runTsdmd(argv: string[]): Promise<number> {
     return 0;
   }
   const log = createLogger({ level: config.logLevel });
-  let daemon: RunningDaemon;
-  try {
-    daemon = await startDaemon(config, log);
-  } catch (err) {
-    log.error("tsdmd failed to start", { error: (err as Error).message });
-    return 1;
-  }
-  await new Promise<void>((resolve) => {
+  // Handlers first: a SIGTERM during start (systemctl stop right after start) must stop cleanly, not kill.
+  const signalled = new Promise<void>((resolve) => {
     const onSignal = (sig: string): void => {
       log.info("signal received", { signal: sig });
       resolve();
@@ -150,6 +146,16 @@ export async function runTsdmd(argv: string[]): Promise<number> {
     process.once("SIGTERM", onSignal);
     process.once("SIGINT", onSignal);
   });
+  let daemon: RunningDaemon;
+  try {
+    daemon = await startDaemon(config, log);
+  } catch (err) {
+    log.error("tsdmd failed to start", { error: (err as Error).message });
+    return 1;
+  }
+  sdNotify(`READY=1\nMAINPID=${process.pid}`, log);
+  await signalled;
+  sdNotify("STOPPING=1", log);
   await daemon.stop();
   return 0;
 }

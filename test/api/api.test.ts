@@ -139,6 +139,20 @@ describe("daemon lifecycle", () => {
     expect(fs.existsSync(d.socket)).toBe(true);
   });
 
+  it("refuses a second daemon on the same state dir (sockets elsewhere), naming the holder's pid; the first one is untouched", async () => {
+    await call(api, api.createDevice, { name: "held", uuid: "", table: [line(0, 2048, "linear", `${backing} 0`)], readOnly: false });
+    const saved = fs.readFileSync(path.join(d.stateDir, "devices.json"), "utf8");
+    // Without the lock it would start and serve (killed by the timeout), so it gets nothing it could harm with.
+    const args = ["--socket", path.join(d.dir, "s2.sock"), "--nbd-socket", path.join(d.dir, "nbd-s2.sock"), "--state-dir", d.stateDir, "--attach", "none"];
+    const second = await run(process.execPath, [path.join(ROOT, "bin", "tsdmd.js"), ...args], { timeoutMs: 15_000, env: { DM_DEV_DIR: d.devDir } });
+    expect(second.code).toBe(1);
+    expect(second.stderr).toContain(`state dir ${d.stateDir} in use by pid ${d.proc.pid}`);
+    expect(fs.existsSync(path.join(d.dir, "s2.sock")) || fs.existsSync(path.join(d.dir, "nbd-s2.sock"))).toBe(false);
+    expect(fs.readFileSync(path.join(d.stateDir, "devices.json"), "utf8")).toBe(saved);
+    expect((await call(api, api.getInfo, { device: byName("held"), inactive: false })).device?.liveTable).toBe(true);
+    await call(api, api.removeDevice, { device: byName("held"), force: false, deferred: false });
+  });
+
   it("a start that fails after some listeners are up exits with an error instead of hanging", async () => {
     const busy = net.createServer();
     await new Promise<void>((r) => busy.listen(0, "127.0.0.1", () => r()));
