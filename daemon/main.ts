@@ -69,6 +69,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
       registry,
       mode: config.attach,
       runDir: path.join(config.stateDir, "attach"),
+      recordDir: path.join(config.stateDir, "attachments"),
       exportOf: (d) => ({ socket: path.resolve(config.nbdSocket), name: d.name }),
       log: log.child({ component: "attach" }),
     });

@@ -4,8 +4,10 @@ import type { Logger } from "../core/log.js";
 import { sectorsToBytes } from "../core/units.js";
 import type { MappedDevice } from "../device/mapped-device.js";
 import type { DeviceRegistry, ExternalHolder, RegistryEvent } from "../device/registry.js";
+import { releaseRecordedLoop } from "./fuse-loop.js";
 import { blockDeviceBusy } from "./kernel-dev.js";
 import { MapperNodes } from "./mapper-nodes.js";
+import { AttachRecords, bootId, diskseqOf, type AttachRecord } from "./records.js";
 import { chooseAttacher } from "./select.js";
 import type { AttachMethod, AttachMode, Attacher, Attachment, ExportRef } from "./types.js";
 
@@ -22,6 +24,8 @@ export interface NodeManagerOptions {
   attacher?: Attacher;
   /** Interval for noticing that a node with a deferred remove was unmounted (ms). Default 1000. */
   deferredPollMs?: number;
+  /** Where attachments are recorded so that a start after a crash can undo them (records.ts); unset: not recorded. */
+  recordDir?: string;
 }
 
 /** The kernel view of one mapped device, for `info` (major:minor of the real block device). */
@@ -57,6 +61,8 @@ export class NodeManager implements ExternalHolder {
   private readonly queues = new Map<MappedDevice, Promise<void>>();
   private readonly failures = new Map<MappedDevice, string>();
   private readonly log: Logger;
+  private readonly records: AttachRecords | undefined;
+  private readonly bootId = bootId();
   private deferredTimer: NodeJS.Timeout | undefined;
   private stopped = false;
 
@@ -68,6 +74,7 @@ export class NodeManager implements ExternalHolder {
     this.attacher = attacher;
     this.method = attacher?.method;
     this.nodes = new MapperNodes(opts.registry.mapperDir, opts.log);
+    this.records = opts.recordDir ? new AttachRecords(opts.recordDir, opts.log) : undefined;
   }
 
   /** Choose the attach method, clean up after a crashed predecessor, attach devices that already have tables. */
@@ -86,7 +93,11 @@ export class NodeManager implements ExternalHolder {
       }
     }
     const mgr = new NodeManager(opts, attacher);
+    // Undo what a crashed predecessor left, before anything is attached: its nodes may point at kernel
+    // devices that are free now and about to be handed to other devices.
+    await mgr.undoRecorded();
     await attacher?.cleanupStale?.();
+    if (attacher) mgr.sweepStaleNodes();
     opts.registry.on("event", mgr.onEvent);
     opts.registry.setExternalHolder(mgr);
     if (attacher) {
@@ -160,8 +171,11 @@ export class NodeManager implements ExternalHolder {
         this.enqueue(dev, async () => {
           const e = this.entries.get(dev);
           if (e) {
-            if (e.name !== dev.name) this.nodes.remove(e.name, e.attachment.node);
-            e.name = dev.name;
+            if (e.name !== dev.name) {
+              this.nodes.remove(e.name, e.attachment.node);
+              e.name = dev.name;
+              await this.record(e);
+            }
             this.nodes.ensure(dev.name, e.attachment.node.major, e.attachment.node.minor);
           } else {
             await this.sync(dev);
@@ -169,14 +183,7 @@ export class NodeManager implements ExternalHolder {
         }),
       ),
     );
-    if (devices) return;
-    const ours = new Set([...this.entries.values()].map((e) => `${e.name}\0${e.attachment.node.major}:${e.attachment.node.minor}`));
-    const attachMajors = kernelMajors(["loop", "nbd"]); // ublk disks use blkext (259), shared with NVMe and others
-    for (const [name, d] of this.nodes.list()) {
-      if (!attachMajors.has(d.major) || ours.has(`${name}\0${d.major}:${d.minor}`)) continue;
-      this.log.info("removing stale node", { path: this.nodes.pathOf(name), devno: `${d.major}:${d.minor}` });
-      this.nodes.remove(name, d);
-    }
+    if (!devices) this.sweepStaleNodes();
   }
 
   /** Detach every device (daemon stop). A node still mounted is detached lazily and reported. */
@@ -197,6 +204,54 @@ export class NodeManager implements ExternalHolder {
         }, true),
       ),
     );
+    if (this.attacher) this.sweepStaleNodes();
+  }
+
+  /**
+   * Nodes of loop/nbd majors in the mapper directory that belong to no attachment of ours: left by a crash,
+   * by a node that could not be removed, or pointing at a kernel device that is now another device's. The
+   * mapper directory is this daemon's (one tsdmd per DM_DEV_DIR). ublk disks use blkext (259), shared with
+   * NVMe and others: those are left alone (records cover them).
+   */
+  sweepStaleNodes(): void {
+    const ours = new Set([...this.entries.values()].map((e) => `${e.name}\0${e.attachment.node.major}:${e.attachment.node.minor}`));
+    const attachMajors = kernelMajors(["loop", "nbd"]);
+    for (const [name, d] of this.nodes.list()) {
+      if (!attachMajors.has(d.major) || ours.has(`${name}\0${d.major}:${d.minor}`)) continue;
+      this.log.info("removing stale node", { path: this.nodes.pathOf(name), devno: `${d.major}:${d.minor}` });
+      try {
+        this.nodes.remove(name, d);
+      } catch (err) {
+        this.log.error("cannot remove stale node", { path: this.nodes.pathOf(name), error: String(err) });
+      }
+    }
+  }
+
+  /** Remove every node an earlier run recorded and detach its loop devices (fuse); see records.ts. */
+  private async undoRecorded(): Promise<void> {
+    for (const rec of this.records?.list() ?? []) {
+      try {
+        this.nodes.removeAt(rec.node, rec.kernel);
+      } catch (err) {
+        this.log.error("cannot remove the node of a previous run", { path: rec.node, error: String(err) });
+      }
+      if (await releaseRecordedLoop(rec, this.log)) await this.records!.drop(rec.kernel.path);
+    }
+  }
+
+  /** Write `e`'s record (before its node is made: no node without a record). */
+  private async record(e: Entry): Promise<void> {
+    if (!this.records) return;
+    const n = e.attachment.node;
+    const rec: AttachRecord = {
+      device: e.name,
+      method: n.method,
+      node: this.nodes.pathOf(e.name),
+      kernel: { path: n.path, major: n.major, minor: n.minor },
+      diskseq: diskseqOf(n.path.replace(/^.*\//, "")),
+      bootId: this.bootId,
+    };
+    await this.records.put(rec).catch((err) => this.log.error("cannot record attachment; a crash would leave its node behind", { device: e.name, error: String(err) }));
   }
 
   // ---- event handling ----
@@ -211,8 +266,10 @@ export class NodeManager implements ExternalHolder {
         this.background(dev, async () => {
           const e = this.entries.get(dev);
           if (!e || e.name === dev.name) return;
-          this.nodes.rename(e.name, dev.name, e.attachment.node.major, e.attachment.node.minor);
+          this.nodes.remove(e.name, e.attachment.node);
           e.name = dev.name;
+          await this.record(e);
+          this.nodes.ensure(dev.name, e.attachment.node.major, e.attachment.node.minor);
         });
         break;
       case "removed":
@@ -260,7 +317,9 @@ export class NodeManager implements ExternalHolder {
         await attachment.detach();
         return;
       }
-      this.entries.set(dev, { attachment, name: dev.name });
+      const entry = { attachment, name: dev.name };
+      this.entries.set(dev, entry);
+      await this.record(entry);
       this.nodes.ensure(dev.name, attachment.node.major, attachment.node.minor);
       this.failures.delete(dev);
       this.log.info("device attached", { device: dev.name, method: attachment.node.method, blockDevice: attachment.node.path, devno: `${attachment.node.major}:${attachment.node.minor}` });
@@ -275,6 +334,7 @@ export class NodeManager implements ExternalHolder {
     this.nodes.remove(e.name, e.attachment.node);
     await e.attachment.detach();
     this.entries.delete(dev);
+    await this.records?.drop(e.attachment.node.path).catch((err) => this.log.warn("cannot drop attach record", { error: String(err) }));
     this.log.info("device detached", { device: dev.name, blockDevice: e.attachment.node.path });
   }
 
