@@ -83,6 +83,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
       version: VERSION,
       log: log.child({ component: "api" }),
       persist: () => store.commit(),
+      retryRestore: (dev) => store.retry(dev),
       nbdUri: (name) => `nbd+unix:///${encodeURIComponent(name)}?socket=${nbdSocket}`,
       // Audit outermost, so that calls the authorization refuses are audited too.
       interceptors: [auditInterceptor(audit), authzInterceptor(policy, log.child({ component: "authz" }))],

@@ -40,6 +40,11 @@ export interface ServiceOptions {
   nodes?: NodeInfoSource;
   /** Make the device state durable (restart persistence); awaited before a mutating call is answered. */
   persist?: () => Promise<void>;
+  /**
+   * `resume` of a device whose tables could not be restored at start retries that restore (true), else
+   * false for an ordinary resume (DeviceStateStore.retry).
+   */
+  retryRestore?: (dev: MappedDevice) => Promise<boolean>;
 }
 
 type Unary<Req, Res> = (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => void;
@@ -177,7 +182,9 @@ export function createService(opts: ServiceOptions): DeviceMapperServiceServer {
 
     resumeDevice: unary("resume", async (req) => {
       const dev = lookup(req.device);
-      await dev.serialize(() => dev.resume({ noflush: req.noflush }));
+      await dev.serialize(async () => {
+        if (!(await opts.retryRestore?.(dev))) await dev.resume({ noflush: req.noflush });
+      });
       setReadAhead(dev, req.readAhead);
       await opts.nodes?.settle?.(dev);
       return { device: info(dev) };

@@ -201,4 +201,50 @@ describe("daemon lifecycle", () => {
     expect((await call(api, api.listDevices, {})).devices.map((x) => x.name)).toEqual(["keep", "lose", "top"]);
     for (const n of ["top", "keep", "lose"]) await call(api, api.removeDevice, { device: byName(n), force: false, deferred: false });
   });
+
+  it("a device restored without its backing keeps its saved table until the user replaces it; restart or resume brings it back", async () => {
+    const img = path.join(d.dir, "pend.img");
+    const away = `${img}.away`;
+    fs.writeFileSync(img, Buffer.alloc(1 << 20, 0x33));
+    const table = [line(0, 2048, "linear", `${img} 0`)];
+    const info = async (n: string) => (await call(api, api.getInfo, { device: byName(n), inactive: false })).device!;
+    const liveTable = async (n: string) => (await call(api, api.getTable, { device: byName(n), inactive: false })).lines.map((l) => `${l.targetType} ${l.params}`);
+    const restartWithout = async (gone: boolean): Promise<void> => {
+      api.close();
+      await d.kill();
+      if (gone) fs.renameSync(img, away);
+      await d.restart();
+      api = connect(d.socket);
+    };
+    await call(api, api.createDevice, { name: "pend", uuid: "", table, readOnly: false });
+
+    // Restart without the backing; another device's change saves the state; the backing returns; restart.
+    await restartWithout(true);
+    expect(await info("pend")).toMatchObject({ liveTable: false, errorState: expect.stringMatching(/could not be restored/) });
+    await call(api, api.createDevice, { name: "other", uuid: "", table: [line(0, 8, "zero")], readOnly: false });
+    fs.renameSync(away, img);
+    await restartWithout(false);
+    expect(await info("pend")).toMatchObject({ liveTable: true, errorState: "" });
+    expect(await liveTable("pend")).toEqual([`linear ${img} 0`]);
+
+    // resume retries the restore: it fails while the backing is gone (and keeps the table), then succeeds.
+    await restartWithout(true);
+    await call(api, api.createDevice, { name: "other2", uuid: "", table: [line(0, 8, "zero")], readOnly: false });
+    const still = await failure(call(api, api.resumeDevice, { device: byName("pend"), noflush: false, nolockfs: false }));
+    expect(still.errno).toBe("ENOENT");
+    expect((await info("pend")).errorState).toMatch(/could not be restored/);
+    fs.renameSync(away, img);
+    await call(api, api.resumeDevice, { device: byName("pend"), noflush: false, nolockfs: false });
+    expect(await info("pend")).toMatchObject({ liveTable: true, inactiveTable: false, suspended: false, errorState: "" });
+    expect(await liveTable("pend")).toEqual([`linear ${img} 0`]);
+
+    // A table the user loads replaces the saved one for good.
+    await restartWithout(true);
+    await call(api, api.loadTable, { device: byName("pend"), table: [line(0, 8, "zero")], readOnly: false });
+    expect((await info("pend")).errorState).toBe("");
+    fs.renameSync(away, img);
+    await restartWithout(false);
+    expect(await info("pend")).toMatchObject({ liveTable: false, inactiveTable: true, errorState: "" });
+    for (const n of ["pend", "other", "other2"]) await call(api, api.removeDevice, { device: byName(n), force: false, deferred: false });
+  });
 });
