@@ -63,6 +63,8 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
   async function startServing(): Promise<RunningDaemon> {
     undo.push(() => nbd.close());
     await nbd.listenUnix(config.nbdSocket);
+    const attachSocket = attachSocketPath(config, log);
+    if (attachSocket !== path.resolve(config.nbdSocket)) await nbd.listenUnix(attachSocket, { internal: true });
     if (config.nbdListen) await nbd.listenTcp(config.nbdListen.host, config.nbdListen.port);
     // Kernel block devices behind $DM_DEV_DIR/mapper/NAME (--attach: ublk > kernel nbd > nbdfuse + loop).
     const nodes = await NodeManager.start({
@@ -70,7 +72,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
       mode: config.attach,
       runDir: path.join(config.stateDir, "attach"),
       recordDir: path.join(config.stateDir, "attachments"),
-      exportOf: (d) => ({ socket: path.resolve(config.nbdSocket), name: d.name }),
+      exportOf: (d) => ({ socket: attachSocket, name: d.name }),
       log: log.child({ component: "attach" }),
     });
     undo.push(() => nodes.stop());
@@ -120,6 +122,19 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
       })());
     return { config, registry, stop };
   }
+}
+
+/**
+ * Where nbdfuse and the kernel NBD client connect: a socket of their own in the state dir (root only), whose
+ * sessions do not count against --nbd-max-connections. A unix socket path has at most 107 bytes (Node
+ * truncates longer ones silently); a longer state dir falls back to the public socket.
+ */
+function attachSocketPath(config: DaemonConfig, log: Logger): string {
+  const p = path.resolve(config.stateDir, "nbd-attach.sock");
+  if (config.attach === "none") return path.resolve(config.nbdSocket);
+  if (Buffer.byteLength(p) <= 107) return p;
+  log.warn("state dir path too long for the attach socket; attached nodes use the NBD socket and count against --nbd-max-connections", { path: p });
+  return path.resolve(config.nbdSocket);
 }
 
 /** The tsdmd command line: start, then stop cleanly on SIGTERM/SIGINT. */

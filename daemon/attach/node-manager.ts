@@ -1,5 +1,5 @@
 import fs from "node:fs";
-import { DmError } from "../core/errors.js";
+import { DmError, fromSystemError, type Errno } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
 import { sectorsToBytes } from "../core/units.js";
 import type { MappedDevice } from "../device/mapped-device.js";
@@ -59,7 +59,9 @@ export class NodeManager implements ExternalHolder {
   private readonly attacher: Attacher | undefined;
   private readonly entries = new Map<MappedDevice, Entry>();
   private readonly queues = new Map<MappedDevice, Promise<void>>();
-  private readonly failures = new Map<MappedDevice, string>();
+  /** The last attach failure per device, with the sequence number of the attempt (see checkAttached). */
+  private readonly failures = new Map<MappedDevice, { message: string; errno: Errno; seq: number }>();
+  private syncSeq = 0;
   private readonly log: Logger;
   private readonly records: AttachRecords | undefined;
   private readonly bootId = bootId();
@@ -120,7 +122,40 @@ export class NodeManager implements ExternalHolder {
 
   /** The last attach failure of `dev` (shown in logs/info), if its node is missing because of one. */
   failureOf(dev: MappedDevice): string | undefined {
-    return this.failures.get(dev);
+    return this.hasNode(dev) ? undefined : this.failures.get(dev)?.message;
+  }
+
+  /** For checkAttached(): attach attempts queued after this point are the caller's. */
+  attachEpoch(): number {
+    return this.syncSeq;
+  }
+
+  /**
+   * After create/resume, as dmsetup makes the node after the ioctl: resolves once `dev` has its node (or needs
+   * none), else throws why not (DmError, op "attach"). A resume that queued no attempt of its own (it changed
+   * nothing) retries a failed attach once.
+   */
+  async checkAttached(dev: MappedDevice, epoch: number): Promise<void> {
+    await this.settle(dev);
+    if (!this.wantsNode(dev) || this.hasNode(dev)) return;
+    let f = this.failures.get(dev);
+    if (!f || f.seq <= epoch) {
+      const seq = ++this.syncSeq;
+      await this.enqueue(dev, () => this.sync(dev, seq));
+      f = this.failures.get(dev);
+    }
+    if (!this.wantsNode(dev) || this.hasNode(dev)) return;
+    const why = f?.message ?? "not attached";
+    throw new DmError(f?.errno ?? "EIO", `${this.nodes.pathOf(dev.name)}: mknod for ${dev.name} failed: cannot attach a kernel block device via ${this.method}: ${why}`, "attach");
+  }
+
+  private wantsNode(dev: MappedDevice): boolean {
+    return this.attacher !== undefined && !this.stopped && this.opts.registry.find({ name: dev.name }) === dev && dev.live !== undefined && dev.size > 0;
+  }
+
+  private hasNode(dev: MappedDevice): boolean {
+    const e = this.entries.get(dev);
+    return e !== undefined && e.name === dev.name && this.nodes.isCorrect(dev.name, e.attachment.node.major, e.attachment.node.minor);
   }
 
   /** Wait until node work queued for `dev` so far is done (call after create/resume/rename before replying). */
@@ -260,7 +295,10 @@ export class NodeManager implements ExternalHolder {
     const dev = ev.device;
     switch (ev.kind) {
       case "resumed":
-        if (this.attacher) this.background(dev, () => this.sync(dev));
+        if (this.attacher) {
+          const seq = ++this.syncSeq;
+          this.background(dev, () => this.sync(dev, seq));
+        }
         break;
       case "renamed":
         this.background(dev, async () => {
@@ -286,7 +324,7 @@ export class NodeManager implements ExternalHolder {
   };
 
   /** Bring `dev`'s attachment in line with its live table: attach, re-attach after a resize, or leave it. */
-  private async sync(dev: MappedDevice): Promise<void> {
+  private async sync(dev: MappedDevice, seq = ++this.syncSeq): Promise<void> {
     if (!this.attacher || this.stopped) return;
     if (!this.opts.registry.find({ name: dev.name }) || !dev.live) return;
     const sizeBytes = sectorsToBytes(dev.size) as number;
@@ -324,9 +362,10 @@ export class NodeManager implements ExternalHolder {
       this.failures.delete(dev);
       this.log.info("device attached", { device: dev.name, method: attachment.node.method, blockDevice: attachment.node.path, devno: `${attachment.node.major}:${attachment.node.minor}` });
     } catch (err) {
-      const msg = err instanceof Error ? err.message : String(err);
-      this.failures.set(dev, msg);
-      this.log.error("attach failed", { device: dev.name, method: this.attacher.method, error: msg });
+      const e = err instanceof DmError ? err : fromSystemError(err, "");
+      const message = err instanceof Error ? err.message : String(err); // the attacher's own words, no prefix
+      this.failures.set(dev, { message, errno: e.errno, seq });
+      this.log.error("attach failed", { device: dev.name, method: this.attacher.method, error: message });
     }
   }
 
