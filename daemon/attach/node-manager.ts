@@ -5,7 +5,7 @@ import { sectorsToBytes } from "../core/units.js";
 import type { MappedDevice } from "../device/mapped-device.js";
 import type { DeviceRegistry, ExternalHolder, RegistryEvent } from "../device/registry.js";
 import { releaseRecordedLoop } from "./fuse-loop.js";
-import { blockDeviceBusy } from "./kernel-dev.js";
+import { blockDeviceBusy, blockOpeners, kernelClaim } from "./kernel-dev.js";
 import { MapperNodes } from "./mapper-nodes.js";
 import { AttachRecords, bootId, diskseqOf, type AttachRecord } from "./records.js";
 import { chooseAttacher } from "./select.js";
@@ -164,12 +164,29 @@ export class NodeManager implements ExternalHolder {
   }
 
   /**
-   * Openers of the kernel node, for `info`'s open count: 1 while it is mounted, stacked on or claimed
-   * exclusively (the kernel counts each opener; we can only tell whether there is one). Cheap: no /proc scan.
+   * Openers of the kernel node, for `info`'s open count, by the rule remove's EBUSY uses: each process with it
+   * open, plus 1 while it is mounted or stacked on (an exclusive claim alone counts 1). The /proc scan is
+   * shared by every device of one call (ls/info of all devices scan once): see openersNow().
    */
   nodeOpeners(dev: MappedDevice): number {
     const e = this.entries.get(dev);
-    return e && blockDeviceBusy(e.attachment.node, { scanProcesses: false }) ? 1 : 0;
+    if (!e) return 0;
+    const n = e.attachment.node;
+    const procs = this.openersNow().get(`${n.major}:${n.minor}`) ?? 0;
+    const claim = kernelClaim(n);
+    if (!claim) return procs;
+    return claim.startsWith("is in use") ? Math.max(1, procs) : procs + 1;
+  }
+
+  private openerScan: Map<string, number> | undefined;
+
+  /** One /proc scan per event-loop turn: a call that reports many devices does it once, the next call anew. */
+  private openersNow(): Map<string, number> {
+    if (!this.openerScan) {
+      this.openerScan = blockOpeners();
+      setImmediate(() => (this.openerScan = undefined));
+    }
+    return this.openerScan;
   }
 
   ownOpens(dev: MappedDevice): number {
