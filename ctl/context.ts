@@ -89,6 +89,8 @@ export class Ctx {
       if (e.unreachable) this.unreachable(e);
       const handled = opts.onError?.(e);
       if (handled !== undefined) return handled;
+      // The device node could not be made (libdm prints "PATH: mknod for NAME failed: ..."): the daemon says why.
+      if (e.op === "attach") this.fail(e.details);
       const step = e.op ?? op;
       const line = ioctlErrorLine(step, opts.stepTarget?.(step, e) ?? target, e.errno);
       if (e.denied) this.fail(line, `tsdmsetup: ${e.details}`);

@@ -7,6 +7,8 @@ import { authzInterceptor, loadAuthz } from "./api/authz.js";
 import { loadTlsMaterial } from "./api/tls.js";
 import { ConfigError, parseConfig, USAGE, type DaemonConfig } from "./config.js";
 import { createLogger, type Logger } from "./core/log.js";
+import { sdNotify } from "./core/sd-notify.js";
+import { lockStateDir } from "./core/state-lock.js";
 import { DeviceRegistry } from "./device/registry.js";
 import { DeviceStateStore } from "./device/persistence.js";
 import { NbdServer } from "./nbd/server.js";
@@ -32,18 +34,14 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
   const tls = config.tls ? loadTlsMaterial(config.tls) : undefined;
   const attachError = attachModeError(config.attach);
   if (attachError) throw new Error(attachError);
-  const activatedFd = inheritedSocketFd();
-  // A second daemon on the same socket stops here, before touching anything.
-  if (activatedFd === undefined) await claimSocketPath(config.socket);
   fs.mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
+  // A second daemon on the same state dir or socket stops here, before touching anything.
+  const lock = lockStateDir(config.stateDir);
+  // From here on a failure must undo what was started, or the listeners would keep the process alive.
+  const undo: (() => Promise<void>)[] = [async () => lock.release()];
+  const activatedFd = inheritedSocketFd();
   const registry = new DeviceRegistry(log.child({ component: "registry" }), { devDir: config.devDir, maxDevices: config.maxDevices });
-
-  // Devices of the previous run come back before anyone can connect.
   const store = new DeviceStateStore(config.stateDir, registry, log.child({ component: "state" }));
-  const { restored, failed } = await store.restore();
-  if (restored.length || failed.length) log.info("devices restored", { restored, failed });
-  store.start();
-
   const nbd = new NbdServer({
     registry,
     log: log.child({ component: "nbd" }),
@@ -51,9 +49,12 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     // base:allocation, plus "blocks written since era N" on era devices (incremental backup over NBD).
     metaContexts: new MetaContextRegistry([baseAllocation, eraWrittenSince]),
   });
-  // From here on a failure must undo what was started, or the listeners would keep the process alive.
-  const undo: (() => Promise<void>)[] = [];
   try {
+    if (activatedFd === undefined) await claimSocketPath(config.socket);
+    // Devices of the previous run come back before anyone can connect.
+    const { restored, failed } = await store.restore();
+    if (restored.length || failed.length) log.info("devices restored", { restored, failed });
+    store.start();
     return await startServing();
   } catch (err) {
     for (const u of undo.reverse()) await u().catch(() => undefined);
@@ -63,13 +64,16 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
   async function startServing(): Promise<RunningDaemon> {
     undo.push(() => nbd.close());
     await nbd.listenUnix(config.nbdSocket, { group: config.group });
+    const attachSocket = attachSocketPath(config, log);
+    if (attachSocket !== path.resolve(config.nbdSocket)) await nbd.listenUnix(attachSocket, { internal: true });
     if (config.nbdListen) await nbd.listenTcp(config.nbdListen.host, config.nbdListen.port);
     // Kernel block devices behind $DM_DEV_DIR/mapper/NAME (--attach: ublk > kernel nbd > nbdfuse + loop).
     const nodes = await NodeManager.start({
       registry,
       mode: config.attach,
       runDir: path.join(config.stateDir, "attach"),
-      exportOf: (d) => ({ socket: path.resolve(config.nbdSocket), name: d.name }),
+      recordDir: path.join(config.stateDir, "attachments"),
+      exportOf: (d) => ({ socket: attachSocket, name: d.name }),
       log: log.child({ component: "attach" }),
     });
     undo.push(() => nodes.stop());
@@ -82,6 +86,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
       version: VERSION,
       log: log.child({ component: "api" }),
       persist: () => store.commit(),
+      retryRestore: (dev) => store.retry(dev),
       nbdUri: (name) => `nbd+unix:///${encodeURIComponent(name)}?socket=${nbdSocket}`,
       // Audit outermost, so that calls the authorization refuses are audited too.
       interceptors: [auditInterceptor(audit), authzInterceptor(policy, log.child({ component: "authz" }))],
@@ -115,9 +120,23 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
           }
         }
         audit.close();
+        lock.release();
       })());
     return { config, registry, stop };
   }
+}
+
+/**
+ * Where nbdfuse and the kernel NBD client connect: a socket of their own in the state dir (root only), whose
+ * sessions do not count against --nbd-max-connections. A unix socket path has at most 107 bytes (Node
+ * truncates longer ones silently); a longer state dir falls back to the public socket.
+ */
+function attachSocketPath(config: DaemonConfig, log: Logger): string {
+  const p = path.resolve(config.stateDir, "nbd-attach.sock");
+  if (config.attach === "none") return path.resolve(config.nbdSocket);
+  if (Buffer.byteLength(p) <= 107) return p;
+  log.warn("state dir path too long for the attach socket; attached nodes use the NBD socket and count against --nbd-max-connections", { path: p });
+  return path.resolve(config.nbdSocket);
 }
 
 /** The tsdmd command line: start, then stop cleanly on SIGTERM/SIGINT. */
@@ -137,14 +156,8 @@ export async function runTsdmd(argv: string[]): Promise<number> {
     return 0;
   }
   const log = createLogger({ level: config.logLevel });
-  let daemon: RunningDaemon;
-  try {
-    daemon = await startDaemon(config, log);
-  } catch (err) {
-    log.error("tsdmd failed to start", { error: (err as Error).message });
-    return 1;
-  }
-  await new Promise<void>((resolve) => {
+  // Handlers first: a SIGTERM during start (systemctl stop right after start) must stop cleanly, not kill.
+  const signalled = new Promise<void>((resolve) => {
     const onSignal = (sig: string): void => {
       log.info("signal received", { signal: sig });
       resolve();
@@ -152,6 +165,16 @@ export async function runTsdmd(argv: string[]): Promise<number> {
     process.once("SIGTERM", onSignal);
     process.once("SIGINT", onSignal);
   });
+  let daemon: RunningDaemon;
+  try {
+    daemon = await startDaemon(config, log);
+  } catch (err) {
+    log.error("tsdmd failed to start", { error: (err as Error).message });
+    return 1;
+  }
+  sdNotify(`READY=1\nMAINPID=${process.pid}`, log);
+  await signalled;
+  sdNotify("STOPPING=1", log);
   await daemon.stop();
   return 0;
 }

@@ -13,5 +13,6 @@ Napi::Error ErrnoError(Napi::Env env, int err, const std::string& syscall);
 void InitDevNode(Napi::Env env, Napi::Object exports);  // devnode.cc
 void InitNbdAttach(Napi::Env env, Napi::Object exports);  // nbd_attach.cc
 void InitUblk(Napi::Env env, Napi::Object exports);  // ublk.cc
+void InitProcess(Napi::Env env, Napi::Object exports);  // process.cc
 
 }  // namespace tsdm

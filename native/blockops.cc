@@ -189,6 +189,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   tsdm::InitDevNode(env, exports);
   tsdm::InitNbdAttach(env, exports);
   tsdm::InitUblk(env, exports);
+  tsdm::InitProcess(env, exports);
   return exports;
 }
 

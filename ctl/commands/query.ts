@@ -46,6 +46,8 @@ export async function runSelected(ctx: Ctx, args: string[], st: RunState, handle
 export async function displayInfo(ctx: Ctx, st: RunState, d: DeviceInfo): Promise<void> {
   if (st.report) await reportRow(ctx, st, d);
   else ctx.out(formatInfoBlock(ctx.view(d)));
+  // Not in dmsetup's block (scripts parse it byte for byte): a device in an error state says so on stderr.
+  if (d.errorState) ctx.err(`${ctx.displayName(d.name)}: ${d.errorState}`);
 }
 
 export const info: Handler = async (ctx, args, st) => {

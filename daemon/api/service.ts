@@ -30,6 +30,12 @@ export interface NodeInfoSource {
   settle?(dev: MappedDevice): Promise<void>;
   /** 1 while the attached kernel node is mounted or held (part of `info`'s open count). */
   nodeOpeners?(dev: MappedDevice): number;
+  /** Why `dev` has no node although it should (its last attach failed), for `info`'s error state. */
+  failureOf?(dev: MappedDevice): string | undefined;
+  /** A mark taken before create/resume, for checkAttached. */
+  attachEpoch?(): number;
+  /** After create/resume: the node is in place, or a DmError (op "attach") says why not. */
+  checkAttached?(dev: MappedDevice, epoch: number): Promise<void>;
 }
 
 export interface ServiceOptions {
@@ -40,6 +46,11 @@ export interface ServiceOptions {
   nodes?: NodeInfoSource;
   /** Make the device state durable (restart persistence); awaited before a mutating call is answered. */
   persist?: () => Promise<void>;
+  /**
+   * `resume` of a device whose tables could not be restored at start retries that restore (true), else
+   * false for an ordinary resume (DeviceStateStore.retry).
+   */
+  retryRestore?: (dev: MappedDevice) => Promise<boolean>;
 }
 
 type Unary<Req, Res> = (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => void;
@@ -96,6 +107,14 @@ export function createService(opts: ServiceOptions): DeviceMapperServiceServer {
   const { registry } = opts;
   const unary = makeUnary(opts.persist);
 
+  const attachError = (dev: MappedDevice): string => {
+    const why = opts.nodes?.failureOf?.(dev);
+    return why ? `kernel block device not attached: ${why}` : "";
+  };
+  /** dmsetup create/resume fail when the device node cannot be made; so do these (the table change stays). */
+  const attached = (dev: MappedDevice, epoch: number): Promise<void> =>
+    opts.nodes?.checkAttached ? opts.nodes.checkAttached(dev, epoch) : (opts.nodes?.settle?.(dev) ?? Promise.resolve());
+
   const info = (dev: MappedDevice, inactive = false): DeviceInfo => {
     const node = opts.nodes?.nodeFor(dev);
     return {
@@ -117,7 +136,7 @@ export function createService(opts: ServiceOptions): DeviceMapperServiceServer {
       nbdExport: dev.name,
       attachedBlockDevice: node?.path ?? "",
       attachMethod: node?.method ?? "",
-      errorState: dev.errorState,
+      errorState: dev.errorState || attachError(dev),
       inactiveTargetTypes: dev.inactive?.targetTypes ?? [],
       inactiveTargetCount: dev.inactive?.targetCount ?? 0,
     };
@@ -143,17 +162,18 @@ export function createService(opts: ServiceOptions): DeviceMapperServiceServer {
       const dev = registry.create({ name: req.name, uuid: req.uuid || undefined, readOnly: req.readOnly, minor: req.minor });
       setReadAhead(dev, req.readAhead);
       if (req.table.length === 0) return { device: info(dev) };
+      const epoch = opts.nodes?.attachEpoch?.() ?? 0;
       try {
         await dev.serialize(async () => {
           await inStep("reload", dev.load(toLineSpecs(req.table), req.readOnly));
           await inStep("resume", dev.resume({ noflush: false }));
         });
+        await attached(dev, epoch);
       } catch (err) {
         await registry.discard(dev).catch(() => undefined);
         if (err instanceof DmError) devnoTag.set(err, `${DM_MAJOR}:${dev.minor}`);
         throw err;
       }
-      await opts.nodes?.settle?.(dev);
       return { device: info(dev) };
     }),
 
@@ -177,9 +197,12 @@ export function createService(opts: ServiceOptions): DeviceMapperServiceServer {
 
     resumeDevice: unary("resume", async (req) => {
       const dev = lookup(req.device);
-      await dev.serialize(() => dev.resume({ noflush: req.noflush }));
+      const epoch = opts.nodes?.attachEpoch?.() ?? 0;
+      await dev.serialize(async () => {
+        if (!(await opts.retryRestore?.(dev))) await dev.resume({ noflush: req.noflush });
+      });
       setReadAhead(dev, req.readAhead);
-      await opts.nodes?.settle?.(dev);
+      await attached(dev, epoch);
       return { device: info(dev) };
     }),
 

@@ -5,6 +5,7 @@ import { DmError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
 import { execOk, execTool, settlesWithin, sleep, waitFor } from "./exec.js";
 import { sysBlockDevno } from "./kernel-dev.js";
+import { bootId, diskseqOf, type AttachRecord } from "./records.js";
 import type { Attacher, Attachment, AttachRequest, KernelNode } from "./types.js";
 
 const READY_TIMEOUT_MS = 15_000;
@@ -80,6 +81,7 @@ export class FuseLoopAttacher implements Attacher {
     }
     const kname = path.basename(loop);
     const devno = sysBlockDevno(kname);
+    const binding: LoopBinding = { path: loop, kname, diskseq: diskseqOf(kname), file };
     if (readSys(`/sys/block/${kname}/loop/dio`) !== "1") {
       this.opts.log.warn("loop device fell back to buffered I/O over the FUSE file", { device: req.device.name, loop });
     }
@@ -92,28 +94,65 @@ export class FuseLoopAttacher implements Attacher {
       readOnly: req.readOnly,
       nbdSessions: this.connections,
       detach: () => (detached ??= (async () => {
-        await detachLoop(loop, file, log);
+        await detachLoop(binding, log);
         await stopFuse(fuse, log);
       })()),
     };
   }
 
-  /** Loop devices and FUSE mounts of a daemon that died: detach what nobody uses, report the rest. */
+  /**
+   * Loop devices and FUSE mounts of a daemon that died (records are handled before, by releaseRecordedLoop):
+   * loops still backed by a file here, then every mount point here, live or dead, and the directories.
+   */
   async cleanupStale(): Promise<void> {
-    let entries: string[];
+    const dirs = new Set(mountPointsUnder(this.opts.runDir));
     try {
-      entries = fs.readdirSync(this.opts.runDir);
+      for (const e of fs.readdirSync(this.opts.runDir)) if (/^dm-\d+$/.test(e)) dirs.add(path.join(this.opts.runDir, e));
     } catch {
-      return;
+      /* no run dir yet */
     }
-    for (const e of entries) {
-      if (!/^dm-\d+$/.test(e)) continue;
-      const dir = path.join(this.opts.runDir, e);
-      for (const loop of loopsBackedBy(path.join(dir, DISK_FILE))) await detachLoop(loop, path.join(dir, DISK_FILE), this.opts.log).catch((err) => this.opts.log.error("stale loop device left attached", { loop, error: String(err) }));
+    for (const dir of dirs) {
+      const file = path.join(dir, DISK_FILE);
+      for (const b of loopsBackedBy(file)) await detachLoop(b, this.opts.log).catch((err) => this.opts.log.error("stale loop device left attached", { loop: b.path, error: String(err) }));
       await teardownMountDir(dir, this.opts.log);
       fs.rmSync(`${dir}.pid`, { force: true });
     }
   }
+}
+
+/**
+ * Detach the loop device of a recorded fuse attachment if that very binding (name + diskseq, this boot) is
+ * still there: after nbdfuse unmounted itself its backing file reads `/disk`, so the path cannot tell.
+ * Returns false if it is still bound afterwards (in use: a file system is still mounted on it).
+ */
+export async function releaseRecordedLoop(rec: AttachRecord, log: Logger): Promise<boolean> {
+  if (rec.method !== "fuse" || rec.bootId !== bootId() || rec.diskseq === undefined) return true;
+  const b: LoopBinding = { path: rec.kernel.path, kname: path.basename(rec.kernel.path), diskseq: rec.diskseq, file: undefined };
+  if (!loopBound(b)) return true;
+  log.info("detaching the loop device of a previous run", { device: rec.device, loop: b.path });
+  try {
+    await detachLoop(b, log);
+    return true;
+  } catch (err) {
+    log.error("loop device of a previous run is still in use; it goes once its user closes it", { device: rec.device, loop: b.path, error: String(err) });
+    return !loopBound(b);
+  }
+}
+
+/** A configured loop device: diskseq names this configuration of it (it changes at every LOOP_CONFIGURE). */
+interface LoopBinding {
+  path: string;
+  kname: string;
+  diskseq: string | undefined;
+  /** The backing file we gave it: the identity on kernels without diskseq (< 5.15). */
+  file: string | undefined;
+}
+
+function loopBound(b: LoopBinding): boolean {
+  const backing = readSys(`/sys/block/${b.kname}/loop/backing_file`);
+  if (backing === undefined) return false; // no loop/ directory: not configured
+  if (b.diskseq !== undefined) return diskseqOf(b.kname) === b.diskseq;
+  return backing === b.file || backing === `${b.file} (deleted)`;
 }
 
 interface FuseServer {
@@ -124,8 +163,8 @@ interface FuseServer {
 }
 
 /** Loop devices whose backing file is `file` (from sysfs, so deleted or stale FUSE files still match). */
-function loopsBackedBy(file: string): string[] {
-  const out: string[] = [];
+function loopsBackedBy(file: string): LoopBinding[] {
+  const out: LoopBinding[] = [];
   let names: string[];
   try {
     names = fs.readdirSync("/sys/block").filter((n) => /^loop\d+$/.test(n));
@@ -134,24 +173,19 @@ function loopsBackedBy(file: string): string[] {
   }
   for (const n of names) {
     const backing = readSys(`/sys/block/${n}/loop/backing_file`);
-    if (backing === file || backing === `${file} (deleted)`) out.push(`/dev/${n}`);
+    if (backing === file || backing === `${file} (deleted)`) out.push({ path: `/dev/${n}`, kname: n, diskseq: diskseqOf(n), file });
   }
   return out;
 }
 
-async function detachLoop(loop: string, file: string, log: Logger): Promise<void> {
-  const kname = path.basename(loop);
-  const bound = (): boolean => {
-    const b = readSys(`/sys/block/${kname}/loop/backing_file`);
-    return b === file || b === `${file} (deleted)`;
-  };
-  if (!bound()) return;
-  const r = await execTool("losetup", ["-d", loop]);
-  if (r.code !== 0 && bound()) throw new DmError("EBUSY", `losetup -d ${loop}: ${r.stderr.trim()}`);
+async function detachLoop(b: LoopBinding, log: Logger): Promise<void> {
+  if (!loopBound(b)) return;
+  const r = await execTool("losetup", ["-d", b.path]);
+  if (r.code !== 0 && loopBound(b)) throw new DmError("EBUSY", `losetup -d ${b.path}: ${r.stderr.trim()}`);
   // LOOP_CLR_FD completes at the last close; an opener we did not see would turn it into autoclear.
-  if ((await waitFor(() => (bound() ? undefined : true), 5_000)) === undefined) {
-    log.warn("loop device still bound after losetup -d (open elsewhere?)", { loop });
-    throw new DmError("EBUSY", `${loop} is still in use`);
+  if ((await waitFor(() => (loopBound(b) ? undefined : true), 5_000)) === undefined) {
+    log.warn("loop device still bound after losetup -d (open elsewhere?)", { loop: b.path });
+    throw new DmError("EBUSY", `${b.path} is still in use`);
   }
 }
 
@@ -169,18 +203,22 @@ async function stopFuse(f: FuseServer, log: Logger): Promise<void> {
   fs.rmSync(f.pidFile, { force: true });
 }
 
+/**
+ * Unmount the FUSE file system at `dir` if one is mounted there (nbdfuse then exits) and remove the directory.
+ * Mount points come from /proc/self/mountinfo: on a dead FUSE mount (nbdfuse gone) every lookup fails with
+ * ENOTCONN, so existsSync/stat would say there is nothing. A dead mount is unmounted lazily at once (it serves
+ * nothing; waiting cannot make it less busy).
+ */
 async function teardownMountDir(dir: string, log: Logger): Promise<void> {
-  if (!fs.existsSync(dir)) return;
   for (let attempt = 0; isMountPoint(dir); attempt++) {
-    const r = await execTool("fusermount3", ["-u", dir]);
-    if (r.code === 0 || !isMountPoint(dir)) break;
     if (attempt >= 50) {
       // Still open (a loop device we failed to detach): unmount lazily so nothing stays visible.
-      log.error("FUSE mount busy; unmounting lazily", { dir, error: r.stderr.trim() });
-      await execTool("fusermount3", ["-u", "-z", dir]);
+      log.error("FUSE mount busy; unmounting lazily", { dir });
+      await execTool("umount", ["-l", dir]);
       break;
     }
-    await sleep(100);
+    const r = await execTool("fusermount3", (await isDeadMount(dir)) ? ["-u", "-z", dir] : ["-u", dir]);
+    if (r.code !== 0 && isMountPoint(dir)) await sleep(100);
   }
   try {
     fs.rmdirSync(dir);
@@ -189,16 +227,35 @@ async function teardownMountDir(dir: string, log: Logger): Promise<void> {
   }
 }
 
-function isMountPoint(dir: string): boolean {
+/** A FUSE mount whose server is gone. The stat runs on the thread pool: a live mount is served by nbdfuse, never block the loop on it. */
+function isDeadMount(dir: string): Promise<boolean> {
+  return fs.promises.stat(dir).then(
+    () => false,
+    (err: NodeJS.ErrnoException) => err.code === "ENOTCONN",
+  );
+}
+
+function mountPoints(): string[] {
   try {
-    const target = path.resolve(dir); // not realpath: a dead FUSE mount fails every lookup with ENOTCONN
     return fs
       .readFileSync("/proc/self/mountinfo", "utf8")
       .split("\n")
-      .some((l) => l.split(" ")[4]?.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))) === target);
+      .map((l) => l.split(" ")[4])
+      .filter((p): p is string => !!p)
+      .map((p) => p.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))));
   } catch {
-    return false;
+    return [];
   }
+}
+
+function isMountPoint(dir: string): boolean {
+  const target = path.resolve(dir); // not realpath: a dead FUSE mount fails every lookup with ENOTCONN
+  return mountPoints().includes(target);
+}
+
+function mountPointsUnder(dir: string): string[] {
+  const prefix = path.resolve(dir) + "/";
+  return [...new Set(mountPoints().filter((p) => p.startsWith(prefix)))];
 }
 
 function readSys(p: string): string | undefined {

@@ -31,6 +31,15 @@ function statOrUndefined(p: string): fs.BigIntStats | undefined {
  * node we attached.
  */
 export function blockDeviceBusy(node: { path: string; major: number; minor: number }, opts: { scanProcesses?: boolean } = {}): string | undefined {
+  const claim = kernelClaim(node);
+  if (claim) return claim;
+  const opener = opts.scanProcesses === false ? undefined : findOpener(node.major, node.minor);
+  if (opener) return `is open by process ${opener.pid} (${opener.comm})`;
+  return undefined;
+}
+
+/** A claim by the kernel: a mounted file system, a stacked device (holders/), or an exclusive opener. */
+export function kernelClaim(node: { path: string; major: number; minor: number }): string | undefined {
   const devno = `${node.major}:${node.minor}`;
   try {
     for (const line of fs.readFileSync("/proc/self/mountinfo", "utf8").split("\n")) {
@@ -55,27 +64,46 @@ export function blockDeviceBusy(node: { path: string; major: number; minor: numb
   } finally {
     if (fd !== undefined) fs.closeSync(fd);
   }
-  const opener = opts.scanProcesses === false ? undefined : findOpener(node.major, node.minor);
-  if (opener) return `is open by process ${opener.pid} (${opener.comm})`;
   return undefined;
+}
+
+/**
+ * Block devices held open by processes other than this one: "major:minor" → number of processes, from one
+ * pass over /proc/PID/fd (what fuser(1) does). Measured about 12 ms for 90 processes / 570 fds.
+ */
+export function blockOpeners(): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const pid of pidsOtherThanSelf()) {
+    const seen = new Set<string>();
+    for (const fd of fdsOf(pid)) {
+      const d = blockDevnoOf(path.join("/proc", pid, "fd", fd));
+      if (d) seen.add(`${d.major}:${d.minor}`);
+    }
+    for (const k of seen) out.set(k, (out.get(k) ?? 0) + 1);
+  }
+  return out;
+}
+
+function pidsOtherThanSelf(): string[] {
+  try {
+    return fs.readdirSync("/proc").filter((p) => /^\d+$/.test(p) && Number(p) !== process.pid);
+  } catch {
+    return [];
+  }
+}
+
+function fdsOf(pid: string): string[] {
+  try {
+    return fs.readdirSync(`/proc/${pid}/fd`);
+  } catch {
+    return []; // exited, or not ours to read
+  }
 }
 
 /** A process other than this one holding the device open (what fuser(1) finds). */
 function findOpener(major: number, minor: number): { pid: number; comm: string } | undefined {
-  let pids: string[];
-  try {
-    pids = fs.readdirSync("/proc").filter((p) => /^\d+$/.test(p) && Number(p) !== process.pid);
-  } catch {
-    return undefined;
-  }
-  for (const pid of pids) {
-    let fds: string[];
-    try {
-      fds = fs.readdirSync(`/proc/${pid}/fd`);
-    } catch {
-      continue;
-    }
-    for (const fd of fds) {
+  for (const pid of pidsOtherThanSelf()) {
+    for (const fd of fdsOf(pid)) {
       const d = blockDevnoOf(path.join("/proc", pid, "fd", fd));
       if (d && d.major === major && d.minor === minor) {
         let comm = "?";

@@ -44,17 +44,16 @@ export class MapperNodes {
 
   /** Remove the node for `name` if it is ours (a block node with that device number), or any block node when no devno is given. */
   remove(name: string, devno?: { major: number; minor: number }): void {
-    const p = this.pathOf(name);
+    this.removeAt(this.pathOf(name), devno);
+  }
+
+  /** remove() by full path (a node recorded by an earlier run, possibly under another DM_DEV_DIR). */
+  removeAt(p: string, devno?: { major: number; minor: number }): void {
     const d = blockDevnoOf(p, lstat(p));
     if (!d) return;
     if (devno && (d.major !== devno.major || d.minor !== devno.minor)) return;
     this.unlinkIfNode(p);
     this.log.debug("node removed", { path: p });
-  }
-
-  rename(oldName: string, newName: string, major: number, minor: number): void {
-    this.remove(oldName, { major, minor });
-    this.ensure(newName, major, minor);
   }
 
   /** Block nodes in the directory: name → devno (symlinks and other files are never touched). */

@@ -1,11 +1,13 @@
 import fs from "node:fs";
-import { DmError } from "../core/errors.js";
+import { DmError, fromSystemError, type Errno } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
 import { sectorsToBytes } from "../core/units.js";
 import type { MappedDevice } from "../device/mapped-device.js";
 import type { DeviceRegistry, ExternalHolder, RegistryEvent } from "../device/registry.js";
-import { blockDeviceBusy } from "./kernel-dev.js";
+import { releaseRecordedLoop } from "./fuse-loop.js";
+import { blockDeviceBusy, blockOpeners, kernelClaim } from "./kernel-dev.js";
 import { MapperNodes } from "./mapper-nodes.js";
+import { AttachRecords, bootId, diskseqOf, type AttachRecord } from "./records.js";
 import { chooseAttacher } from "./select.js";
 import type { AttachMethod, AttachMode, Attacher, Attachment, ExportRef } from "./types.js";
 
@@ -22,6 +24,8 @@ export interface NodeManagerOptions {
   attacher?: Attacher;
   /** Interval for noticing that a node with a deferred remove was unmounted (ms). Default 1000. */
   deferredPollMs?: number;
+  /** Where attachments are recorded so that a start after a crash can undo them (records.ts); unset: not recorded. */
+  recordDir?: string;
 }
 
 /** The kernel view of one mapped device, for `info` (major:minor of the real block device). */
@@ -55,8 +59,12 @@ export class NodeManager implements ExternalHolder {
   private readonly attacher: Attacher | undefined;
   private readonly entries = new Map<MappedDevice, Entry>();
   private readonly queues = new Map<MappedDevice, Promise<void>>();
-  private readonly failures = new Map<MappedDevice, string>();
+  /** The last attach failure per device, with the sequence number of the attempt (see checkAttached). */
+  private readonly failures = new Map<MappedDevice, { message: string; errno: Errno; seq: number }>();
+  private syncSeq = 0;
   private readonly log: Logger;
+  private readonly records: AttachRecords | undefined;
+  private readonly bootId = bootId();
   private deferredTimer: NodeJS.Timeout | undefined;
   private stopped = false;
 
@@ -68,6 +76,7 @@ export class NodeManager implements ExternalHolder {
     this.attacher = attacher;
     this.method = attacher?.method;
     this.nodes = new MapperNodes(opts.registry.mapperDir, opts.log);
+    this.records = opts.recordDir ? new AttachRecords(opts.recordDir, opts.log) : undefined;
   }
 
   /** Choose the attach method, clean up after a crashed predecessor, attach devices that already have tables. */
@@ -86,7 +95,11 @@ export class NodeManager implements ExternalHolder {
       }
     }
     const mgr = new NodeManager(opts, attacher);
+    // Undo what a crashed predecessor left, before anything is attached: its nodes may point at kernel
+    // devices that are free now and about to be handed to other devices.
+    await mgr.undoRecorded();
     await attacher?.cleanupStale?.();
+    if (attacher) mgr.sweepStaleNodes();
     opts.registry.on("event", mgr.onEvent);
     opts.registry.setExternalHolder(mgr);
     if (attacher) {
@@ -109,7 +122,40 @@ export class NodeManager implements ExternalHolder {
 
   /** The last attach failure of `dev` (shown in logs/info), if its node is missing because of one. */
   failureOf(dev: MappedDevice): string | undefined {
-    return this.failures.get(dev);
+    return this.hasNode(dev) ? undefined : this.failures.get(dev)?.message;
+  }
+
+  /** For checkAttached(): attach attempts queued after this point are the caller's. */
+  attachEpoch(): number {
+    return this.syncSeq;
+  }
+
+  /**
+   * After create/resume, as dmsetup makes the node after the ioctl: resolves once `dev` has its node (or needs
+   * none), else throws why not (DmError, op "attach"). A resume that queued no attempt of its own (it changed
+   * nothing) retries a failed attach once.
+   */
+  async checkAttached(dev: MappedDevice, epoch: number): Promise<void> {
+    await this.settle(dev);
+    if (!this.wantsNode(dev) || this.hasNode(dev)) return;
+    let f = this.failures.get(dev);
+    if (!f || f.seq <= epoch) {
+      const seq = ++this.syncSeq;
+      await this.enqueue(dev, () => this.sync(dev, seq));
+      f = this.failures.get(dev);
+    }
+    if (!this.wantsNode(dev) || this.hasNode(dev)) return;
+    const why = f?.message ?? "not attached";
+    throw new DmError(f?.errno ?? "EIO", `${this.nodes.pathOf(dev.name)}: mknod for ${dev.name} failed: cannot attach a kernel block device via ${this.method}: ${why}`, "attach");
+  }
+
+  private wantsNode(dev: MappedDevice): boolean {
+    return this.attacher !== undefined && !this.stopped && this.opts.registry.find({ name: dev.name }) === dev && dev.live !== undefined && dev.size > 0;
+  }
+
+  private hasNode(dev: MappedDevice): boolean {
+    const e = this.entries.get(dev);
+    return e !== undefined && e.name === dev.name && this.nodes.isCorrect(dev.name, e.attachment.node.major, e.attachment.node.minor);
   }
 
   /** Wait until node work queued for `dev` so far is done (call after create/resume/rename before replying). */
@@ -118,12 +164,29 @@ export class NodeManager implements ExternalHolder {
   }
 
   /**
-   * Openers of the kernel node, for `info`'s open count: 1 while it is mounted, stacked on or claimed
-   * exclusively (the kernel counts each opener; we can only tell whether there is one). Cheap: no /proc scan.
+   * Openers of the kernel node, for `info`'s open count, by the rule remove's EBUSY uses: each process with it
+   * open, plus 1 while it is mounted or stacked on (an exclusive claim alone counts 1). The /proc scan is
+   * shared by every device of one call (ls/info of all devices scan once): see openersNow().
    */
   nodeOpeners(dev: MappedDevice): number {
     const e = this.entries.get(dev);
-    return e && blockDeviceBusy(e.attachment.node, { scanProcesses: false }) ? 1 : 0;
+    if (!e) return 0;
+    const n = e.attachment.node;
+    const procs = this.openersNow().get(`${n.major}:${n.minor}`) ?? 0;
+    const claim = kernelClaim(n);
+    if (!claim) return procs;
+    return claim.startsWith("is in use") ? Math.max(1, procs) : procs + 1;
+  }
+
+  private openerScan: Map<string, number> | undefined;
+
+  /** One /proc scan per event-loop turn: a call that reports many devices does it once, the next call anew. */
+  private openersNow(): Map<string, number> {
+    if (!this.openerScan) {
+      this.openerScan = blockOpeners();
+      setImmediate(() => (this.openerScan = undefined));
+    }
+    return this.openerScan;
   }
 
   ownOpens(dev: MappedDevice): number {
@@ -160,8 +223,11 @@ export class NodeManager implements ExternalHolder {
         this.enqueue(dev, async () => {
           const e = this.entries.get(dev);
           if (e) {
-            if (e.name !== dev.name) this.nodes.remove(e.name, e.attachment.node);
-            e.name = dev.name;
+            if (e.name !== dev.name) {
+              this.nodes.remove(e.name, e.attachment.node);
+              e.name = dev.name;
+              await this.record(e);
+            }
             this.nodes.ensure(dev.name, e.attachment.node.major, e.attachment.node.minor);
           } else {
             await this.sync(dev);
@@ -169,14 +235,7 @@ export class NodeManager implements ExternalHolder {
         }),
       ),
     );
-    if (devices) return;
-    const ours = new Set([...this.entries.values()].map((e) => `${e.name}\0${e.attachment.node.major}:${e.attachment.node.minor}`));
-    const attachMajors = kernelMajors(["loop", "nbd"]); // ublk disks use blkext (259), shared with NVMe and others
-    for (const [name, d] of this.nodes.list()) {
-      if (!attachMajors.has(d.major) || ours.has(`${name}\0${d.major}:${d.minor}`)) continue;
-      this.log.info("removing stale node", { path: this.nodes.pathOf(name), devno: `${d.major}:${d.minor}` });
-      this.nodes.remove(name, d);
-    }
+    if (!devices) this.sweepStaleNodes();
   }
 
   /** Detach every device (daemon stop). A node still mounted is detached lazily and reported. */
@@ -197,6 +256,54 @@ export class NodeManager implements ExternalHolder {
         }, true),
       ),
     );
+    if (this.attacher) this.sweepStaleNodes();
+  }
+
+  /**
+   * Nodes of loop/nbd majors in the mapper directory that belong to no attachment of ours: left by a crash,
+   * by a node that could not be removed, or pointing at a kernel device that is now another device's. The
+   * mapper directory is this daemon's (one tsdmd per DM_DEV_DIR). ublk disks use blkext (259), shared with
+   * NVMe and others: those are left alone (records cover them).
+   */
+  sweepStaleNodes(): void {
+    const ours = new Set([...this.entries.values()].map((e) => `${e.name}\0${e.attachment.node.major}:${e.attachment.node.minor}`));
+    const attachMajors = kernelMajors(["loop", "nbd"]);
+    for (const [name, d] of this.nodes.list()) {
+      if (!attachMajors.has(d.major) || ours.has(`${name}\0${d.major}:${d.minor}`)) continue;
+      this.log.info("removing stale node", { path: this.nodes.pathOf(name), devno: `${d.major}:${d.minor}` });
+      try {
+        this.nodes.remove(name, d);
+      } catch (err) {
+        this.log.error("cannot remove stale node", { path: this.nodes.pathOf(name), error: String(err) });
+      }
+    }
+  }
+
+  /** Remove every node an earlier run recorded and detach its loop devices (fuse); see records.ts. */
+  private async undoRecorded(): Promise<void> {
+    for (const rec of this.records?.list() ?? []) {
+      try {
+        this.nodes.removeAt(rec.node, rec.kernel);
+      } catch (err) {
+        this.log.error("cannot remove the node of a previous run", { path: rec.node, error: String(err) });
+      }
+      if (await releaseRecordedLoop(rec, this.log)) await this.records!.drop(rec.kernel.path);
+    }
+  }
+
+  /** Write `e`'s record (before its node is made: no node without a record). */
+  private async record(e: Entry): Promise<void> {
+    if (!this.records) return;
+    const n = e.attachment.node;
+    const rec: AttachRecord = {
+      device: e.name,
+      method: n.method,
+      node: this.nodes.pathOf(e.name),
+      kernel: { path: n.path, major: n.major, minor: n.minor },
+      diskseq: diskseqOf(n.path.replace(/^.*\//, "")),
+      bootId: this.bootId,
+    };
+    await this.records.put(rec).catch((err) => this.log.error("cannot record attachment; a crash would leave its node behind", { device: e.name, error: String(err) }));
   }
 
   // ---- event handling ----
@@ -205,14 +312,19 @@ export class NodeManager implements ExternalHolder {
     const dev = ev.device;
     switch (ev.kind) {
       case "resumed":
-        if (this.attacher) this.background(dev, () => this.sync(dev));
+        if (this.attacher) {
+          const seq = ++this.syncSeq;
+          this.background(dev, () => this.sync(dev, seq));
+        }
         break;
       case "renamed":
         this.background(dev, async () => {
           const e = this.entries.get(dev);
           if (!e || e.name === dev.name) return;
-          this.nodes.rename(e.name, dev.name, e.attachment.node.major, e.attachment.node.minor);
+          this.nodes.remove(e.name, e.attachment.node);
           e.name = dev.name;
+          await this.record(e);
+          this.nodes.ensure(dev.name, e.attachment.node.major, e.attachment.node.minor);
         });
         break;
       case "removed":
@@ -229,7 +341,7 @@ export class NodeManager implements ExternalHolder {
   };
 
   /** Bring `dev`'s attachment in line with its live table: attach, re-attach after a resize, or leave it. */
-  private async sync(dev: MappedDevice): Promise<void> {
+  private async sync(dev: MappedDevice, seq = ++this.syncSeq): Promise<void> {
     if (!this.attacher || this.stopped) return;
     if (!this.opts.registry.find({ name: dev.name }) || !dev.live) return;
     const sizeBytes = sectorsToBytes(dev.size) as number;
@@ -260,14 +372,17 @@ export class NodeManager implements ExternalHolder {
         await attachment.detach();
         return;
       }
-      this.entries.set(dev, { attachment, name: dev.name });
+      const entry = { attachment, name: dev.name };
+      this.entries.set(dev, entry);
+      await this.record(entry);
       this.nodes.ensure(dev.name, attachment.node.major, attachment.node.minor);
       this.failures.delete(dev);
       this.log.info("device attached", { device: dev.name, method: attachment.node.method, blockDevice: attachment.node.path, devno: `${attachment.node.major}:${attachment.node.minor}` });
     } catch (err) {
-      const msg = err instanceof Error ? err.message : String(err);
-      this.failures.set(dev, msg);
-      this.log.error("attach failed", { device: dev.name, method: this.attacher.method, error: msg });
+      const e = err instanceof DmError ? err : fromSystemError(err, "");
+      const message = err instanceof Error ? err.message : String(err); // the attacher's own words, no prefix
+      this.failures.set(dev, { message, errno: e.errno, seq });
+      this.log.error("attach failed", { device: dev.name, method: this.attacher.method, error: message });
     }
   }
 
@@ -275,6 +390,7 @@ export class NodeManager implements ExternalHolder {
     this.nodes.remove(e.name, e.attachment.node);
     await e.attachment.detach();
     this.entries.delete(dev);
+    await this.records?.drop(e.attachment.node.path).catch((err) => this.log.warn("cannot drop attach record", { error: String(err) }));
     this.log.info("device detached", { device: dev.name, blockDevice: e.attachment.node.path });
   }
 

@@ -59,7 +59,9 @@ export type DmOp =
   | "versions"
   | "message"
   | "setgeometry"
-  | "target-version";
+  | "target-version"
+  /** Making the /dev/mapper node (attaching a kernel block device) after create/resume. */
+  | "attach";
 
 export class DmError extends Error {
   override readonly name = "DmError";

@@ -11,6 +11,10 @@ import type { TableLineSpec } from "./table.js";
  * <state-dir>/devices.json. Written atomically (temp file, fsync, rename, fsync of the directory) before a
  * control change is acknowledged, so a kill -9 at any point leaves either the old or the new state. Targets keep their own
  * on-disk state (era metadata, bow log, log-writes log) and recover it in their constructors.
+ *
+ * A device whose tables could not be restored (backing gone) keeps its saved tables here ("pending") and in
+ * every later write, until the user loads a table, clears or removes it; restart or `resume` (retry())
+ * brings them back once the backing returns.
  */
 interface PersistedDevice {
   name: string;
@@ -42,6 +46,10 @@ export class DeviceStateStore {
   private listener: ((ev: RegistryEvent) => void) | undefined;
   private dirty = false;
   private writing: Promise<void> = Promise.resolve();
+  /** Saved state of devices whose restore failed, until they are restored or the user replaces it. */
+  private readonly pending = new Map<MappedDevice, PersistedDevice>();
+  /** Devices being restored by retry(): their load events are not the user's. */
+  private readonly retrying = new Set<MappedDevice>();
 
   constructor(
     private readonly stateDir: string,
@@ -55,6 +63,9 @@ export class DeviceStateStore {
   start(): void {
     this.listener = (ev) => {
       if (ev.kind === "target_event") return;
+      if ((ev.kind === "loaded" || ev.kind === "cleared" || ev.kind === "removed") && !this.retrying.has(ev.device) && this.pending.delete(ev.device)) {
+        ev.device.errorState = ""; // the saved tables it described are forgotten
+      }
       this.dirty = true;
       // Changes made outside an API call (a deferred remove at last close) are saved soon too.
       setImmediate(() => void this.commit().catch(() => undefined));
@@ -90,7 +101,7 @@ export class DeviceStateStore {
   }
 
   private async write(): Promise<void> {
-    const state: StateFile = { version: 1, devices: this.registry.list().map(snapshot) };
+    const state: StateFile = { version: 1, devices: this.registry.list().map((d) => snapshot(d, this.pending.get(d))) };
     const tmp = `${this.file}.tmp`;
     const fh = await fs.promises.open(tmp, "w", 0o600);
     try {
@@ -138,24 +149,55 @@ export class DeviceStateStore {
       } catch (err) {
         const message = err instanceof Error ? err.message : String(err);
         dev.errorState = `table could not be restored after restart: ${message}`;
+        this.pending.set(dev, d);
         failed.push({ name: d.name, error: message });
         this.log.error("device restored in error state", { device: d.name, error: message });
       }
     }
     return { restored, failed };
   }
+
+  /**
+   * `resume` of a device whose restore failed: try again, as the restart would have (live table loaded and
+   * resumed, inactive table loaded). Returns false if the device has nothing pending (an ordinary resume).
+   * Call inside dev.serialize(). Throws the load's error if the backing is still not there.
+   */
+  async retry(dev: MappedDevice): Promise<boolean> {
+    const saved = this.pending.get(dev);
+    if (!saved) return false;
+    this.retrying.add(dev);
+    try {
+      if (saved.live && !dev.live) {
+        await dev.load(toSpecs(saved.live.lines), saved.live.readOnly, { restoring: true });
+        await dev.resume({ noflush: false });
+      }
+      if (saved.inactive && !dev.inactive) await dev.load(toSpecs(saved.inactive.lines), saved.inactive.readOnly, { restoring: true });
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      dev.errorState = `table could not be restored after restart: ${message}`;
+      throw err;
+    } finally {
+      this.retrying.delete(dev);
+    }
+    this.pending.delete(dev);
+    dev.errorState = "";
+    this.dirty = true;
+    this.log.info("device restored", { device: dev.name });
+    return true;
+  }
 }
 
-function snapshot(dev: MappedDevice): PersistedDevice {
+/** What is saved for `dev`: its tables, or for a slot it could not restore, the saved one (`pending`). */
+function snapshot(dev: MappedDevice, pending: PersistedDevice | undefined): PersistedDevice {
   return {
     name: dev.name,
     uuid: dev.uuid,
     minor: dev.minor,
     readOnly: dev.readOnly,
-    suspended: dev.suspended,
+    suspended: dev.live || !pending ? dev.suspended : pending.suspended,
     readAhead: dev.readAhead,
-    live: dev.live ? { readOnly: dev.live.readOnly, lines: dev.live.spec.map(toPersisted) } : undefined,
-    inactive: dev.inactive ? { readOnly: dev.inactive.readOnly, lines: dev.inactive.spec.map(toPersisted) } : undefined,
+    live: dev.live ? { readOnly: dev.live.readOnly, lines: dev.live.spec.map(toPersisted) } : pending?.live,
+    inactive: dev.inactive ? { readOnly: dev.inactive.readOnly, lines: dev.inactive.spec.map(toPersisted) } : pending?.inactive,
   };
 }
 

@@ -17,6 +17,10 @@ export interface BlockOps {
   blkDiscard(fd: number, offset: number | bigint, length: number | bigint): Promise<void>;
   blkZeroOut(fd: number, offset: number | bigint, length: number | bigint): Promise<void>;
   punchHoleSync(fd: number, offset: number | bigint, length: number | bigint): void;
+  /** flock(LOCK_EX|LOCK_NB): true if taken, false if another open file description holds it (native/process.cc). */
+  flockExclusive(fd: number): boolean;
+  /** One sd_notify datagram to `socketPath` ("@name": abstract). */
+  sdNotify(socketPath: string, message: string): void;
 }
 
 function packageRoot(): string {

@@ -11,7 +11,10 @@ import { MetaContextRegistry } from "./meta-context.js";
 export interface NbdServerOptions {
   registry: DeviceRegistry;
   log: Logger;
-  /** Connections (handshaking or transmitting) across all listeners; more are closed at accept. Default 256. */
+  /**
+   * Client connections (handshaking or transmitting) across all listeners but internal ones; more are closed at
+   * accept. Default 256.
+   */
   maxConnections?: number;
   /** Metadata contexts offered to clients; default: base:allocation only. */
   metaContexts?: MetaContextRegistry;
@@ -38,6 +41,8 @@ export class NbdServer {
   private readonly listeners: net.Server[] = [];
   private readonly handshaking = new Set<net.Socket>();
   private readonly connections = new Set<Connection>();
+  /** Open sockets of non-internal listeners (what maxConnections bounds). */
+  private clientSockets = 0;
   private closing = false;
 
   constructor(opts: NbdServerOptions) {
@@ -52,12 +57,15 @@ export class NbdServer {
 
   /**
    * Listen on a unix socket, mode 0600 (0660 for `group`): it gives raw access to every device. A stale socket
-   * file (nobody accepting on it) is replaced.
+   * file (nobody accepting on it) is replaced. `internal`: the daemon's own sessions (nbdfuse, kernel nbd behind
+   * /dev/mapper nodes), in a root-only directory: not bounded by maxConnections, which is there to bound what
+   * clients can make the daemon hold (every attached device takes 4 sessions: 256 would allow only 64 attached
+   * devices).
    */
-  async listenUnix(path: string, opts: { group?: number } = {}): Promise<void> {
+  async listenUnix(path: string, opts: { group?: number; internal?: boolean } = {}): Promise<void> {
     await claimSocketPath(path);
-    await bindPrivate(path, opts.group, () => this.listen((s) => s.listen(path)));
-    this.log.info("nbd listening", { socket: path });
+    await bindPrivate(path, opts.group, () => this.listen((s) => s.listen(path), opts.internal ?? false));
+    this.log.info("nbd listening", { socket: path, internal: opts.internal ?? false });
   }
 
   /** Listen on TCP; returns the bound port (useful with port 0). */
@@ -90,8 +98,8 @@ export class NbdServer {
     return this.connections.size;
   }
 
-  private listen(start: (s: net.Server) => void): Promise<net.Server> {
-    const server = net.createServer({ noDelay: true, pauseOnConnect: false }, this.onConnection);
+  private listen(start: (s: net.Server) => void, internal = false): Promise<net.Server> {
+    const server = net.createServer({ noDelay: true, pauseOnConnect: false }, (socket) => this.onConnection(socket, internal));
     return new Promise((resolve, reject) => {
       server.once("error", reject);
       server.once("listening", () => {
@@ -104,11 +112,15 @@ export class NbdServer {
     });
   }
 
-  private readonly onConnection = (socket: net.Socket): void => {
+  private onConnection(socket: net.Socket, internal: boolean): void {
     if (this.closing) return void socket.destroy();
-    if (this.handshaking.size + this.connections.size >= this.maxConnections) {
-      this.log.warn("nbd connection refused: too many connections", { max: this.maxConnections });
-      return void socket.destroy();
+    if (!internal) {
+      if (this.clientSockets >= this.maxConnections) {
+        this.log.warn("nbd connection refused: too many connections", { max: this.maxConnections });
+        return void socket.destroy();
+      }
+      this.clientSockets++;
+      socket.once("close", () => this.clientSockets--);
     }
     this.handshaking.add(socket);
     const queue = new ByteQueue();
@@ -156,7 +168,7 @@ export class NbdServer {
         socket.destroy();
       },
     );
-  };
+  }
 
   private readonly onRegistryEvent = (ev: RegistryEvent): void => {
     if (ev.kind !== "removed") return; // a rename keeps sessions: they hold the device, not its name

@@ -157,6 +157,20 @@ describe("daemon lifecycle", () => {
     expect(fs.existsSync(d.socket)).toBe(true);
   });
 
+  it("refuses a second daemon on the same state dir (sockets elsewhere), naming the holder's pid; the first one is untouched", async () => {
+    await call(api, api.createDevice, { name: "held", uuid: "", table: [line(0, 2048, "linear", `${backing} 0`)], readOnly: false });
+    const saved = fs.readFileSync(path.join(d.stateDir, "devices.json"), "utf8");
+    // Without the lock it would start and serve (killed by the timeout), so it gets nothing it could harm with.
+    const args = ["--socket", path.join(d.dir, "s2.sock"), "--nbd-socket", path.join(d.dir, "nbd-s2.sock"), "--state-dir", d.stateDir, "--attach", "none"];
+    const second = await run(process.execPath, [path.join(ROOT, "bin", "tsdmd.js"), ...args], { timeoutMs: 15_000, env: { DM_DEV_DIR: d.devDir } });
+    expect(second.code).toBe(1);
+    expect(second.stderr).toContain(`state dir ${d.stateDir} in use by pid ${d.proc.pid}`);
+    expect(fs.existsSync(path.join(d.dir, "s2.sock")) || fs.existsSync(path.join(d.dir, "nbd-s2.sock"))).toBe(false);
+    expect(fs.readFileSync(path.join(d.stateDir, "devices.json"), "utf8")).toBe(saved);
+    expect((await call(api, api.getInfo, { device: byName("held"), inactive: false })).device?.liveTable).toBe(true);
+    await call(api, api.removeDevice, { device: byName("held"), force: false, deferred: false, retry: false });
+  });
+
   it("a start that fails after some listeners are up exits with an error instead of hanging", async () => {
     const busy = net.createServer();
     await new Promise<void>((r) => busy.listen(0, "127.0.0.1", () => r()));
@@ -204,5 +218,51 @@ describe("daemon lifecycle", () => {
     api = connect(d.socket);
     expect((await call(api, api.listDevices, {})).devices.map((x) => x.name)).toEqual(["keep", "lose", "top"]);
     for (const n of ["top", "keep", "lose"]) await call(api, api.removeDevice, { device: byName(n), force: false, deferred: false, retry: false });
+  });
+
+  it("a device restored without its backing keeps its saved table until the user replaces it; restart or resume brings it back", async () => {
+    const img = path.join(d.dir, "pend.img");
+    const away = `${img}.away`;
+    fs.writeFileSync(img, Buffer.alloc(1 << 20, 0x33));
+    const table = [line(0, 2048, "linear", `${img} 0`)];
+    const info = async (n: string) => (await call(api, api.getInfo, { device: byName(n), inactive: false })).device!;
+    const liveTable = async (n: string) => (await call(api, api.getTable, { device: byName(n), inactive: false })).lines.map((l) => `${l.targetType} ${l.params}`);
+    const restartWithout = async (gone: boolean): Promise<void> => {
+      api.close();
+      await d.kill();
+      if (gone) fs.renameSync(img, away);
+      await d.restart();
+      api = connect(d.socket);
+    };
+    await call(api, api.createDevice, { name: "pend", uuid: "", table, readOnly: false });
+
+    // Restart without the backing; another device's change saves the state; the backing returns; restart.
+    await restartWithout(true);
+    expect(await info("pend")).toMatchObject({ liveTable: false, errorState: expect.stringMatching(/could not be restored/) });
+    await call(api, api.createDevice, { name: "other", uuid: "", table: [line(0, 8, "zero")], readOnly: false });
+    fs.renameSync(away, img);
+    await restartWithout(false);
+    expect(await info("pend")).toMatchObject({ liveTable: true, errorState: "" });
+    expect(await liveTable("pend")).toEqual([`linear ${img} 0`]);
+
+    // resume retries the restore: it fails while the backing is gone (and keeps the table), then succeeds.
+    await restartWithout(true);
+    await call(api, api.createDevice, { name: "other2", uuid: "", table: [line(0, 8, "zero")], readOnly: false });
+    const still = await failure(call(api, api.resumeDevice, { device: byName("pend"), noflush: false, nolockfs: false }));
+    expect(still.errno).toBe("ENOENT");
+    expect((await info("pend")).errorState).toMatch(/could not be restored/);
+    fs.renameSync(away, img);
+    await call(api, api.resumeDevice, { device: byName("pend"), noflush: false, nolockfs: false });
+    expect(await info("pend")).toMatchObject({ liveTable: true, inactiveTable: false, suspended: false, errorState: "" });
+    expect(await liveTable("pend")).toEqual([`linear ${img} 0`]);
+
+    // A table the user loads replaces the saved one for good.
+    await restartWithout(true);
+    await call(api, api.loadTable, { device: byName("pend"), table: [line(0, 8, "zero")], readOnly: false });
+    expect((await info("pend")).errorState).toBe("");
+    fs.renameSync(away, img);
+    await restartWithout(false);
+    expect(await info("pend")).toMatchObject({ liveTable: false, inactiveTable: true, errorState: "" });
+    for (const n of ["pend", "other", "other2"]) await call(api, api.removeDevice, { device: byName(n), force: false, deferred: false, retry: false });
   });
 });

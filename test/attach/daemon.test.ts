@@ -1,3 +1,4 @@
+import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -55,6 +56,20 @@ describe.runIf(process.getuid?.() === 0)("tsdmd --attach fuse", () => {
     expect((await sh(`cat ${mnt}/f`)).trim()).toBe("hello");
     await sh(`umount ${mnt}`);
     await sh(`e2fsck -fn ${mapper("fs1")}`);
+  });
+
+  it("info's open count includes a process holding the node open (no mount), as remove's EBUSY does", async () => {
+    const holder = spawn("sh", ["-c", `exec 3<${mapper("fs1")}; exec sleep 60`], { stdio: "ignore" });
+    try {
+      for (let i = 0; i < 200 && !fs.existsSync(`/proc/${holder.pid}/fd/3`); i++) await new Promise((r) => setTimeout(r, 25));
+      expect(await ok(["info", "fs1"])).toMatch(/Open count:\s+1\n/);
+      const r = await d.tsdmsetup(["remove", "fs1"]);
+      expect(r.stderr).toMatch(/Device or resource busy/);
+    } finally {
+      holder.kill("SIGKILL");
+      await new Promise((r) => holder.once("exit", r));
+    }
+    expect(await ok(["info", "fs1"])).toMatch(/Open count:\s+0\n/);
   });
 
   it("mknodes recreates a deleted node", async () => {
