@@ -2,9 +2,13 @@ import fs from "node:fs";
 import path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { DmError } from "../../daemon/core/errors.js";
-import type { DeviceRegistry } from "../../daemon/device/registry.js";
+import { DeviceRegistry } from "../../daemon/device/registry.js";
+import { createLogger } from "../../daemon/core/log.js";
 import type { Bio } from "../../daemon/io/bio.js";
 import { EraTarget } from "../../daemon/targets/era/target.js";
+import { EraMetadata } from "../../daemon/targets/era/metadata.js";
+import { FileMetaIo } from "../../daemon/targets/era/pdata/block.js";
+import { readSuperblock } from "../../daemon/targets/era/inspect.js";
 import { makeFile, makeRegistry, tempDir } from "../helpers/registry.js";
 import { expectDmError } from "../helpers/errors.js";
 import {
@@ -312,6 +316,8 @@ describe("era metadata device full", () => {
     const blockSize = 8;
     const nrBlocks = 40000;
     const origin = makeFile(tmp.dir, "origin", nrBlocks * blockSize * 512);
+    const logs: Array<{ level: string; msg: string }> = [];
+    reg = new DeviceRegistry(createLogger({ write: (l) => void logs.push(JSON.parse(l)) }));
     const dev = await createEra(reg, "e", meta, origin, nrBlocks * blockSize, blockSize);
     const acked: number[] = [];
     let failure: unknown;
@@ -328,6 +334,8 @@ describe("era metadata device full", () => {
     expect(failure).toBeInstanceOf(DmError);
     expect(["EIO", "ENOSPC"]).toContain((failure as DmError).errno);
     expect(String((failure as Error).message)).toMatch(/metadata device full/);
+    // The operator is told, in the log, what is wrong and what to do.
+    expect(logs.filter((l) => l.level === "error").map((l) => l.msg)).toContainEqual(expect.stringMatching(/^era: metadata device full: .*drop_metadata_snap.*larger device/));
     const st = statusOf(dev);
     const [used, total] = st.split(" ")[1]!.split("/").map(Number);
     expect(total).toBe(24);
@@ -340,6 +348,56 @@ describe("era metadata device full", () => {
     for (const b of acked) expect(eras[b]).toBeGreaterThan(0);
     await expectDmError(dev.message(S(0), ["take_metadata_snap"]), "ENOSPC", /metadata device full/);
     await expectEraCheckClean(meta);
+    await expectRefCountsClean(meta);
+  });
+});
+
+describe("era metadata device nearly full", () => {
+  it("writes keep being recorded while the digest of archived eras has no room (16-block metadata)", async () => {
+    const meta = makeFile(tmp.dir, "meta", 16 * 4096);
+    const origin = makeFile(tmp.dir, "origin", 1 << 20);
+    const dev = await createEra(reg, "e", meta, origin, 2048, 8);
+    await dev.submit(writeBio(0, 8));
+    await dev.submit(writeBio(8, 8));
+    await dev.message(S(0), ["checkpoint"]);
+    for (let round = 0; round < 3; round++) {
+      for (let b = 2 + 20 * round; b < 22 + 20 * round; b++) {
+        await dev.submit(writeBio(b * 8, 8));
+        await new Promise((r) => setImmediate(r)); // let digest steps run between the writes
+      }
+      const [used, total] = statusOf(dev).split(" ")[1]!.split("/").map(Number);
+      expect(total).toBe(16);
+      expect(used).toBeLessThanOrEqual(total);
+      await dev.message(S(0), ["checkpoint"]);
+    }
+    await dev.suspend({ noflush: false });
+    expect(await invalidateSince(meta, 1)).toEqual(Array.from({ length: 62 }, (_, i) => i));
+    expect(await invalidateSince(meta, 3)).toEqual(Array.from({ length: 40 }, (_, i) => 22 + i));
+    expect(await invalidateSince(meta, 4)).toEqual(Array.from({ length: 20 }, (_, i) => 42 + i));
+    await expectEraCheckClean(meta);
+    await expectRefCountsClean(meta);
+  });
+
+  it("status counts the open transaction's allocations, as the kernel's allocated_this_transaction does", async () => {
+    const meta = makeFile(tmp.dir, "meta", 4 << 20);
+    const io = FileMetaIo.open(meta, true);
+    try {
+      const md = await EraMetadata.open(io, 8, true);
+      await md.resize(200_000);
+      await md.rollover();
+      await md.markWritten([{ first: 0, last: 199_999 }]);
+      await md.rollover(); // archives a writeset with every bit set
+      await md.commit();
+      const committed = (await readSuperblock(io)).smRoot.nrAllocated;
+      expect(md.usedMetadataBlocks).toBe(committed);
+      expect(await md.digestStep()).toBe("progress"); // 100 bits: copies an era-array block and its btree path
+      expect(md.usedMetadataBlocks).toBeGreaterThan(committed);
+      expect(md.usedMetadataBlocks).toBe(committed + md.tm.dirtyCount);
+      await md.commit();
+      expect(md.usedMetadataBlocks).toBe((await readSuperblock(io)).smRoot.nrAllocated);
+    } finally {
+      await io.close();
+    }
     await expectRefCountsClean(meta);
   });
 });
