@@ -7,7 +7,7 @@ import { createLogger } from "../../daemon/core/log.js";
 import type { Bio } from "../../daemon/io/bio.js";
 import { EraTarget } from "../../daemon/targets/era/target.js";
 import { EraMetadata } from "../../daemon/targets/era/metadata.js";
-import { FileMetaIo } from "../../daemon/targets/era/pdata/block.js";
+import { FileMetaIo, stampBlock, SUPERBLOCK_VALIDATOR } from "../../daemon/targets/era/pdata/block.js";
 import { readSuperblock } from "../../daemon/targets/era/inspect.js";
 import { makeFile, makeRegistry, tempDir } from "../helpers/registry.js";
 import { expectDmError } from "../helpers/errors.js";
@@ -59,11 +59,44 @@ describe("era constructor (kernel rules)", () => {
     expect(fs.readFileSync(meta).every((b) => b === 0)).toBe(true);
   });
 
-  it("a missing device fails the load; a block size that is not a power of two is accepted", async () => {
+  it("devices are opened before the block size is parsed; a failed open is EINVAL, as era_ctr returns", async () => {
+    const meta = makeFile(tmp.dir, "meta", 1 << 20);
+    const origin = makeFile(tmp.dir, "origin", 1 << 20);
+    const dev = reg.create({ name: "e" });
+    const load = (params: string) => dev.load([{ start: S(0), length: S(2048), type: "era", params }], false);
+    await expectDmError(load(`${tmp.dir}/nope ${origin} 8`), "EINVAL", /^era: Error opening metadata device \(/);
+    await expectDmError(load(`${tmp.dir}/nope ${origin} bad`), "EINVAL", /^era: Error opening metadata device \(/);
+    await expectDmError(load(`${meta} ${tmp.dir}/nope 12`), "EINVAL", /^era: Error opening data device \(/);
+    await expectDmError(load(`${meta} ${origin} bad`), "EINVAL", /^era: Error parsing block size$/);
+    expect(fs.readFileSync(meta).every((b) => b === 0)).toBe(true);
+  });
+
+  it("superblock checks in sb_check's order: blocknr ENOTBLK, magic EILSEQ, checksum EILSEQ, version EINVAL", async () => {
+    const origin = makeFile(tmp.dir, "origin", 1 << 20);
+    const good = makeFile(tmp.dir, "good", 1 << 20);
+    await reg.remove(await createEra(reg, "g", good, origin, 2048, 8));
+    const sb = fs.readFileSync(good).subarray(0, 4096);
+    const variants: Array<[string, (b: Buffer) => void, string, RegExp]> = [
+      ["blocknr", (b) => stampBlock(b, 7, SUPERBLOCK_VALIDATOR), "ENOTBLK", /bad block nr 7/],
+      ["magic", (b) => (b.writeUInt32LE(1234, 32), stampBlock(b, 0, SUPERBLOCK_VALIDATOR)), "EILSEQ", /bad magic 1234/],
+      ["checksum", (b) => void (b[300] ^= 1), "EILSEQ", /bad checksum/],
+      ["version", (b) => (b.writeUInt32LE(2, 40), stampBlock(b, 0, SUPERBLOCK_VALIDATOR)), "EINVAL", /unsupported version 2/],
+    ];
+    for (const [what, damage, errno, text] of variants) {
+      const meta = makeFile(tmp.dir, `meta-${what}`, 1 << 20);
+      fs.copyFileSync(good, meta);
+      const b = Buffer.from(sb);
+      damage(b);
+      fs.writeFileSync(meta, b, { flag: "r+" });
+      const dev = reg.create({ name: `e-${what}` });
+      await expectDmError(dev.load([{ start: S(0), length: S(2048), type: "era", params: `${meta} ${origin} 8` }], false), errno as "EINVAL", text);
+      await reg.remove(dev);
+    }
+  });
+
+  it("a block size that is not a power of two is accepted", async () => {
     const meta = makeFile(tmp.dir, "meta", 1 << 20);
     const origin = makeFile(tmp.dir, "origin", 24 * 512 * 10);
-    const dev = reg.create({ name: "e" });
-    await expectDmError(dev.load([{ start: S(0), length: S(240), type: "era", params: `${tmp.dir}/nope ${origin} 8` }], false), "ENOENT");
     const e = await createEra(reg, "e2", meta, origin, 240, 24);
     expect(statusOf(e)).toMatch(/^8 \d+\/256 1 -$/);
     expect(e.live!.lines("table")[0]!.params).toBe(`${meta} ${origin} 24`);
@@ -89,7 +122,7 @@ describe("era constructor (kernel rules)", () => {
     const origin = makeFile(tmp.dir, "origin", 1 << 20);
     fs.writeFileSync(meta, Buffer.alloc(4096, 0x5a), { flag: "r+" });
     const dev = reg.create({ name: "e" });
-    await expectDmError(dev.load([{ start: S(0), length: S(2048), type: "era", params: `${meta} ${origin} 8` }], false), "EILSEQ", /Error reading metadata: superblock 0/);
+    await expectDmError(dev.load([{ start: S(0), length: S(2048), type: "era", params: `${meta} ${origin} 8` }], false), "ENOTBLK", /Error reading metadata: superblock 0: bad block nr/);
     expect(fs.readFileSync(meta).subarray(0, 4096).every((b) => b === 0x5a)).toBe(true);
   });
 });

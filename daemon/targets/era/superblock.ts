@@ -1,5 +1,5 @@
 import { DmError } from "../../core/errors.js";
-import { checkBlock, MD_BLOCK_SECTORS, MD_BLOCK_SIZE, type MetaBlock, SUPERBLOCK_VALIDATOR } from "./pdata/block.js";
+import { checkBlockNr, checkChecksum, MD_BLOCK_SECTORS, MD_BLOCK_SIZE, type MetaBlock, SUPERBLOCK_VALIDATOR } from "./pdata/block.js";
 import { le64, readLe64 } from "./pdata/btree.js";
 import { decodeSmRoot, type SpaceMapRoot } from "./pdata/space-map.js";
 
@@ -37,14 +37,24 @@ export function isAllZero(buf: Buffer): boolean {
   return true;
 }
 
-/** Decode and check a superblock read from `location` (0, or a metadata snapshot's copy). */
+/**
+ * Decode and check a superblock read from `location` (0, or a metadata snapshot's copy) in the kernel's sb_check
+ * order: blocknr (ENOTBLK), magic (EILSEQ), checksum (EILSEQ), version (EINVAL).
+ */
 export function decodeSuperblock(buf: Buffer, location: MetaBlock): EraSuperblock {
-  checkBlock(buf, location, SUPERBLOCK_VALIDATOR);
+  checkBlockNr(buf, location, SUPERBLOCK_VALIDATOR);
   const magic = readLe64(buf, 32);
   if (magic !== ERA_MAGIC) throw new DmError("EILSEQ", `superblock: bad magic ${magic}`);
+  checkChecksum(buf, location, SUPERBLOCK_VALIDATOR);
   const version = buf.readUInt32LE(40);
   if (version !== ERA_VERSION) throw new DmError("EINVAL", `superblock: unsupported version ${version}`);
+  return unpackSuperblock(buf);
+}
+
+/** The fields, unchecked (the offline tools read damaged superblocks the way 0.9.0 does). */
+export function unpackSuperblock(buf: Buffer): EraSuperblock {
   const smRootBytes = Buffer.from(buf.subarray(44, 76));
+  const version = buf.readUInt32LE(40);
   return {
     flags: buf.readUInt32LE(4),
     blocknr: readLe64(buf, 8),

@@ -25,12 +25,13 @@ export const eraTarget: TargetType = {
   version: [1, 0, 0],
   async construct(ctx: TargetContext, args: readonly string[], length: Sector): Promise<Target> {
     if (args.length !== 3) throw invalid("Invalid argument count");
+    // The kernel's order: both devices, then the block size; a failed open is EINVAL whatever the cause.
+    const meta = await openOrInvalid(ctx, args[0]!, "Error opening metadata device");
+    const origin = await openOrInvalid(ctx, args[1]!, "Error opening data device");
     const bsText = args[2]!;
     if (!/^[0-9]+$/.test(bsText) || Number(bsText) > 0xffffffff) throw invalid("Error parsing block size");
     const blockSize = Number(bsText);
     if (blockSize < MIN_BLOCK_SIZE || blockSize % MIN_BLOCK_SIZE !== 0) throw invalid("Invalid block size");
-    const meta = await ctx.openDevice(args[0]!, "rw");
-    const origin = await ctx.openDevice(args[1]!, "rw");
     const io = new DeviceMetaIo(meta);
     let md: EraMetadata;
     try {
@@ -42,6 +43,15 @@ export const eraTarget: TargetType = {
     return new EraTarget(ctx, meta, origin, io, blockSize, Math.ceil(length / blockSize), md);
   },
 };
+
+/** dm_get_device failing in era_ctr: the cause is kept in the text, the errno is EINVAL (as era_ctr returns). */
+async function openOrInvalid(ctx: TargetContext, spec: string, reason: string): Promise<BlockDevice> {
+  try {
+    return await ctx.openDevice(spec, "rw");
+  } catch (err) {
+    throw invalid(`${reason} (${(err as Error)?.message ?? String(err)})`);
+  }
+}
 
 interface Waiter {
   /** The blocks the bio touches (one range, however large the bio). */

@@ -40,8 +40,16 @@ export function stampBlock(buf: Buffer, b: MetaBlock, v: BlockValidator): void {
 
 /** The kernel's check: blocknr first (ENOTBLK), then checksum (EILSEQ). Corruption is EIO-class for callers. */
 export function checkBlock(buf: Buffer, b: MetaBlock, v: BlockValidator): void {
+  checkBlockNr(buf, b, v);
+  checkChecksum(buf, b, v);
+}
+
+export function checkBlockNr(buf: Buffer, b: MetaBlock, v: BlockValidator): void {
   const nr = buf.readBigUInt64LE(v.blocknrOffset);
-  if (nr !== BigInt(b)) throw new DmError("EILSEQ", `${v.name} ${b}: bad block nr ${nr}`);
+  if (nr !== BigInt(b)) throw new DmError("ENOTBLK", `${v.name} ${b}: bad block nr ${nr}`);
+}
+
+export function checkChecksum(buf: Buffer, b: MetaBlock, v: BlockValidator): void {
   const want = blockChecksum(buf, v.salt);
   const got = buf.readUInt32LE(0);
   if (want !== got) throw new DmError("EILSEQ", `${v.name} ${b}: bad checksum (stored 0x${got.toString(16)}, computed 0x${want.toString(16)})`);
