@@ -1,3 +1,4 @@
+import fs from "node:fs";
 /** A small getopt_long: `--name`, `--name=value`, `--name value`, `-x`, `-x value`; stops at `--`. */
 export interface OptSpec {
   readonly [name: string]: { readonly short?: string; readonly arg: boolean };
@@ -104,6 +105,11 @@ export class LineWriter {
 }
 
 export const VERSION = "0.9.0";
+
+/** `-o FILE`; no -o, or `-o -`, is stdout (0.9.0's STDOUT_PATH). */
+export function outputWriter(output: string | true | undefined, streams: ToolIo): LineWriter {
+  return typeof output === "string" && output !== "-" ? new LineWriter(fs.createWriteStream(output), true) : new LineWriter(streams.stdout);
+}
 
 /** Where a tool writes: the process's streams, or others (tests run the tools in-process). */
 export interface ToolIo {

@@ -60,7 +60,7 @@ export class EraMetadata {
   /** The superblock image of the last commit (copied by take_metadata_snap). */
   private committedImage: Buffer | undefined;
 
-  private constructor(tm: TransactionManager, sb: Omit<EraSuperblock, "flags" | "blocknr" | "uuid" | "version" | "smRoot" | "smRootBytes" | "metadataBlockSize">) {
+  private constructor(tm: TransactionManager, sb: Omit<EraSuperblock, "flags" | "blocknr" | "magic" | "uuid" | "version" | "smRoot" | "smRootBytes" | "metadataBlockSize">) {
     this.tm = tm;
     this.bitset = new PBitset(tm);
     this.eraArray = new PArray(tm, ERA_VALUE_SIZE);

@@ -18,6 +18,7 @@ export interface Writeset {
 export interface EraSuperblock {
   flags: number;
   blocknr: MetaBlock;
+  magic: number;
   uuid: Buffer;
   version: number;
   smRoot: SpaceMapRoot;
@@ -58,6 +59,7 @@ export function unpackSuperblock(buf: Buffer): EraSuperblock {
   return {
     flags: buf.readUInt32LE(4),
     blocknr: readLe64(buf, 8),
+    magic: readLe64(buf, 32),
     uuid: Buffer.from(buf.subarray(16, 32)),
     version,
     smRoot: decodeSmRoot(smRootBytes),
@@ -74,7 +76,7 @@ export function unpackSuperblock(buf: Buffer): EraSuperblock {
 }
 
 /** Pack the fields the kernel writes; flags and uuid are written as zero, as the kernel does. Unstamped. */
-export function encodeSuperblock(f: Omit<EraSuperblock, "flags" | "blocknr" | "uuid" | "version" | "smRoot" | "metadataBlockSize">): Buffer {
+export function encodeSuperblock(f: Omit<EraSuperblock, "flags" | "blocknr" | "magic" | "uuid" | "version" | "smRoot" | "metadataBlockSize">): Buffer {
   const buf = Buffer.alloc(MD_BLOCK_SIZE);
   buf.set(le64(ERA_MAGIC), 32);
   buf.writeUInt32LE(ERA_VERSION, 40);
