@@ -196,6 +196,25 @@ describe("era messages, status and suspend/resume", () => {
     await expectRefCountsClean(meta);
   });
 
+  it("an era target at a non-zero table start records blocks relative to the target (the kernel uses absolute sectors)", async () => {
+    const meta = makeFile(tmp.dir, "meta", 1 << 20);
+    const origin = makeFile(tmp.dir, "origin", 1 << 20);
+    const head = makeFile(tmp.dir, "head", 1 << 20);
+    const dev = reg.create({ name: "e" });
+    await dev.load(
+      [
+        { start: S(0), length: S(2048), type: "linear", params: `${head} 0` },
+        { start: S(2048), length: S(2048), type: "era", params: `${meta} ${origin} 8` },
+      ],
+      false,
+    );
+    await dev.resume({ noflush: false });
+    await dev.submit(writeBio(2048 + 8 * 5, 8)); // the era target's block 5
+    await dev.submit(writeBio(2040, 16)); // across the boundary: the era target's block 0
+    await dev.suspend({ noflush: false });
+    expect(await invalidateSince(meta, 1)).toEqual([0, 5]);
+  });
+
   it("the origin sees the data; reads pass through", async () => {
     const meta = makeFile(tmp.dir, "meta", 1 << 20);
     const origin = makeFile(tmp.dir, "origin", 1 << 20, "pattern");
