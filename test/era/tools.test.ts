@@ -300,6 +300,9 @@ describe("tsdm era tools print what 0.9.0 prints (stdout, stderr, exit code)", (
         expect(ours.stdout.length).toBeGreaterThan(0);
       }
       expect(fs.existsSync(path.join(tmp.dir, "-"))).toBe(false);
+      // An output that cannot be created is reported, not a crash (0.9.0 says nothing and exits 0).
+      const bad = await tsdm(["era", "dump", "-o", path.join(tmp.dir, "no", "such", "dir.xml"), meta]);
+      expect(bad).toEqual({ code: 1, stdout: "", stderr: expect.stringMatching(/^ENOENT: no such file or directory, open /) });
     } finally {
       process.chdir(cwd);
     }

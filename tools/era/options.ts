@@ -106,9 +106,13 @@ export class LineWriter {
 
 export const VERSION = "0.9.0";
 
-/** `-o FILE`; no -o, or `-o -`, is stdout (0.9.0's STDOUT_PATH). */
+/**
+ * `-o FILE`; no -o, or `-o -`, is stdout (0.9.0's STDOUT_PATH). The file is opened here, so a path that cannot
+ * be created is an error the caller reports (0.9.0 ignores it and exits 0 having written nothing).
+ */
 export function outputWriter(output: string | true | undefined, streams: ToolIo): LineWriter {
-  return typeof output === "string" && output !== "-" ? new LineWriter(fs.createWriteStream(output), true) : new LineWriter(streams.stdout);
+  if (typeof output !== "string" || output === "-") return new LineWriter(streams.stdout);
+  return new LineWriter(fs.createWriteStream(output, { fd: fs.openSync(output, "w") }), true);
 }
 
 /** Where a tool writes: the process's streams, or others (tests run the tools in-process). */
