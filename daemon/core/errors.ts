@@ -13,6 +13,7 @@ export const ERRNO = {
   EAGAIN: 11,
   ENOMEM: 12,
   EACCES: 13,
+  ENOTBLK: 15,
   EBUSY: 16,
   EEXIST: 17,
   ENODEV: 19,

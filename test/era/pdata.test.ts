@@ -134,6 +134,44 @@ describe("array (era array) against a model", () => {
   });
 });
 
+describe("bitset ranges against a model", () => {
+  it("setRange counts newly set bits, copies nothing when all are set; scan and forEachSetBit see exactly the model", async () => {
+    const { md, file } = await fresh(4 << 20);
+    const rand = rng(5);
+    const nrBits = 70_001; // three array blocks, the last partial
+    let root = await md.bitset.create(nrBits);
+    const model = new Uint8Array(nrBits);
+    for (let i = 0; i < 60; i++) {
+      const first = Math.floor(rand() * nrBits);
+      const last = Math.min(nrBits - 1, first + Math.floor(rand() * (rand() < 0.2 ? 40_000 : 130)));
+      let want = 0;
+      for (let b = first; b <= last; b++) if (!model[b]) (want++, (model[b] = 1));
+      const r = await md.bitset.setRange(root, first, last);
+      expect(r.newlySet).toBe(want);
+      if (want === 0) expect(r.root).toBe(root);
+      root = r.root;
+      if (i % 20 === 19) await md.commit();
+    }
+    const expected: number[] = [];
+    for (let b = 0; b < nrBits; b++) if (model[b]) expected.push(b);
+    const seen: number[] = [];
+    await md.bitset.forEachSetBit(root, nrBits, (b) => void seen.push(b));
+    expect(seen).toEqual(expected);
+    const scanned: number[] = [];
+    for (let pos = 0; pos < nrBits; ) {
+      const { bits, next } = await md.bitset.scan(root, nrBits, pos, 100);
+      expect(bits.length).toBeLessThanOrEqual(100);
+      expect(next).toBeGreaterThan(pos);
+      scanned.push(...bits);
+      pos = next;
+    }
+    expect(scanned).toEqual(expected);
+    md.currentWriteset = { nrBits, root };
+    await md.commit();
+    await expectRefCountsClean(file);
+  });
+});
+
 describe("space map", () => {
   it("counts of 3 and more live in the ref-count tree and survive a reopen", async () => {
     const { md, file, io } = await fresh(8 << 20);

@@ -2,9 +2,13 @@ import fs from "node:fs";
 import path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { DmError } from "../../daemon/core/errors.js";
-import type { DeviceRegistry } from "../../daemon/device/registry.js";
+import { DeviceRegistry } from "../../daemon/device/registry.js";
+import { createLogger } from "../../daemon/core/log.js";
 import type { Bio } from "../../daemon/io/bio.js";
 import { EraTarget } from "../../daemon/targets/era/target.js";
+import { EraMetadata } from "../../daemon/targets/era/metadata.js";
+import { FileMetaIo, stampBlock, SUPERBLOCK_VALIDATOR } from "../../daemon/targets/era/pdata/block.js";
+import { readSuperblock } from "../../daemon/targets/era/inspect.js";
 import { makeFile, makeRegistry, tempDir } from "../helpers/registry.js";
 import { expectDmError } from "../helpers/errors.js";
 import {
@@ -55,11 +59,44 @@ describe("era constructor (kernel rules)", () => {
     expect(fs.readFileSync(meta).every((b) => b === 0)).toBe(true);
   });
 
-  it("a missing device fails the load; a block size that is not a power of two is accepted", async () => {
+  it("devices are opened before the block size is parsed; a failed open is EINVAL, as era_ctr returns", async () => {
+    const meta = makeFile(tmp.dir, "meta", 1 << 20);
+    const origin = makeFile(tmp.dir, "origin", 1 << 20);
+    const dev = reg.create({ name: "e" });
+    const load = (params: string) => dev.load([{ start: S(0), length: S(2048), type: "era", params }], false);
+    await expectDmError(load(`${tmp.dir}/nope ${origin} 8`), "EINVAL", /^era: Error opening metadata device \(/);
+    await expectDmError(load(`${tmp.dir}/nope ${origin} bad`), "EINVAL", /^era: Error opening metadata device \(/);
+    await expectDmError(load(`${meta} ${tmp.dir}/nope 12`), "EINVAL", /^era: Error opening data device \(/);
+    await expectDmError(load(`${meta} ${origin} bad`), "EINVAL", /^era: Error parsing block size$/);
+    expect(fs.readFileSync(meta).every((b) => b === 0)).toBe(true);
+  });
+
+  it("superblock checks in sb_check's order: blocknr ENOTBLK, magic EILSEQ, checksum EILSEQ, version EINVAL", async () => {
+    const origin = makeFile(tmp.dir, "origin", 1 << 20);
+    const good = makeFile(tmp.dir, "good", 1 << 20);
+    await reg.remove(await createEra(reg, "g", good, origin, 2048, 8));
+    const sb = fs.readFileSync(good).subarray(0, 4096);
+    const variants: Array<[string, (b: Buffer) => void, string, RegExp]> = [
+      ["blocknr", (b) => stampBlock(b, 7, SUPERBLOCK_VALIDATOR), "ENOTBLK", /bad block nr 7/],
+      ["magic", (b) => (b.writeUInt32LE(1234, 32), stampBlock(b, 0, SUPERBLOCK_VALIDATOR)), "EILSEQ", /bad magic 1234/],
+      ["checksum", (b) => void (b[300] ^= 1), "EILSEQ", /bad checksum/],
+      ["version", (b) => (b.writeUInt32LE(2, 40), stampBlock(b, 0, SUPERBLOCK_VALIDATOR)), "EINVAL", /unsupported version 2/],
+    ];
+    for (const [what, damage, errno, text] of variants) {
+      const meta = makeFile(tmp.dir, `meta-${what}`, 1 << 20);
+      fs.copyFileSync(good, meta);
+      const b = Buffer.from(sb);
+      damage(b);
+      fs.writeFileSync(meta, b, { flag: "r+" });
+      const dev = reg.create({ name: `e-${what}` });
+      await expectDmError(dev.load([{ start: S(0), length: S(2048), type: "era", params: `${meta} ${origin} 8` }], false), errno as "EINVAL", text);
+      await reg.remove(dev);
+    }
+  });
+
+  it("a block size that is not a power of two is accepted", async () => {
     const meta = makeFile(tmp.dir, "meta", 1 << 20);
     const origin = makeFile(tmp.dir, "origin", 24 * 512 * 10);
-    const dev = reg.create({ name: "e" });
-    await expectDmError(dev.load([{ start: S(0), length: S(240), type: "era", params: `${tmp.dir}/nope ${origin} 8` }], false), "ENOENT");
     const e = await createEra(reg, "e2", meta, origin, 240, 24);
     expect(statusOf(e)).toMatch(/^8 \d+\/256 1 -$/);
     expect(e.live!.lines("table")[0]!.params).toBe(`${meta} ${origin} 24`);
@@ -85,7 +122,7 @@ describe("era constructor (kernel rules)", () => {
     const origin = makeFile(tmp.dir, "origin", 1 << 20);
     fs.writeFileSync(meta, Buffer.alloc(4096, 0x5a), { flag: "r+" });
     const dev = reg.create({ name: "e" });
-    await expectDmError(dev.load([{ start: S(0), length: S(2048), type: "era", params: `${meta} ${origin} 8` }], false), "EILSEQ", /Error reading metadata: superblock 0/);
+    await expectDmError(dev.load([{ start: S(0), length: S(2048), type: "era", params: `${meta} ${origin} 8` }], false), "ENOTBLK", /Error reading metadata: superblock 0: bad block nr/);
     expect(fs.readFileSync(meta).subarray(0, 4096).every((b) => b === 0x5a)).toBe(true);
   });
 });
@@ -157,6 +194,25 @@ describe("era messages, status and suspend/resume", () => {
     expect(await invalidateSince(meta, 1)).toEqual([0, 10, 20]);
     await expectEraCheckClean(meta);
     await expectRefCountsClean(meta);
+  });
+
+  it("an era target at a non-zero table start records blocks relative to the target (the kernel uses absolute sectors)", async () => {
+    const meta = makeFile(tmp.dir, "meta", 1 << 20);
+    const origin = makeFile(tmp.dir, "origin", 1 << 20);
+    const head = makeFile(tmp.dir, "head", 1 << 20);
+    const dev = reg.create({ name: "e" });
+    await dev.load(
+      [
+        { start: S(0), length: S(2048), type: "linear", params: `${head} 0` },
+        { start: S(2048), length: S(2048), type: "era", params: `${meta} ${origin} 8` },
+      ],
+      false,
+    );
+    await dev.resume({ noflush: false });
+    await dev.submit(writeBio(2048 + 8 * 5, 8)); // the era target's block 5
+    await dev.submit(writeBio(2040, 16)); // across the boundary: the era target's block 0
+    await dev.suspend({ noflush: false });
+    expect(await invalidateSince(meta, 1)).toEqual([0, 5]);
   });
 
   it("the origin sees the data; reads pass through", async () => {
@@ -312,6 +368,8 @@ describe("era metadata device full", () => {
     const blockSize = 8;
     const nrBlocks = 40000;
     const origin = makeFile(tmp.dir, "origin", nrBlocks * blockSize * 512);
+    const logs: Array<{ level: string; msg: string }> = [];
+    reg = new DeviceRegistry(createLogger({ write: (l) => void logs.push(JSON.parse(l)) }));
     const dev = await createEra(reg, "e", meta, origin, nrBlocks * blockSize, blockSize);
     const acked: number[] = [];
     let failure: unknown;
@@ -328,6 +386,8 @@ describe("era metadata device full", () => {
     expect(failure).toBeInstanceOf(DmError);
     expect(["EIO", "ENOSPC"]).toContain((failure as DmError).errno);
     expect(String((failure as Error).message)).toMatch(/metadata device full/);
+    // The operator is told, in the log, what is wrong and what to do.
+    expect(logs.filter((l) => l.level === "error").map((l) => l.msg)).toContainEqual(expect.stringMatching(/^era: metadata device full: .*drop_metadata_snap.*larger device/));
     const st = statusOf(dev);
     const [used, total] = st.split(" ")[1]!.split("/").map(Number);
     expect(total).toBe(24);
@@ -340,6 +400,56 @@ describe("era metadata device full", () => {
     for (const b of acked) expect(eras[b]).toBeGreaterThan(0);
     await expectDmError(dev.message(S(0), ["take_metadata_snap"]), "ENOSPC", /metadata device full/);
     await expectEraCheckClean(meta);
+    await expectRefCountsClean(meta);
+  });
+});
+
+describe("era metadata device nearly full", () => {
+  it("writes keep being recorded while the digest of archived eras has no room (16-block metadata)", async () => {
+    const meta = makeFile(tmp.dir, "meta", 16 * 4096);
+    const origin = makeFile(tmp.dir, "origin", 1 << 20);
+    const dev = await createEra(reg, "e", meta, origin, 2048, 8);
+    await dev.submit(writeBio(0, 8));
+    await dev.submit(writeBio(8, 8));
+    await dev.message(S(0), ["checkpoint"]);
+    for (let round = 0; round < 3; round++) {
+      for (let b = 2 + 20 * round; b < 22 + 20 * round; b++) {
+        await dev.submit(writeBio(b * 8, 8));
+        await new Promise((r) => setImmediate(r)); // let digest steps run between the writes
+      }
+      const [used, total] = statusOf(dev).split(" ")[1]!.split("/").map(Number);
+      expect(total).toBe(16);
+      expect(used).toBeLessThanOrEqual(total);
+      await dev.message(S(0), ["checkpoint"]);
+    }
+    await dev.suspend({ noflush: false });
+    expect(await invalidateSince(meta, 1)).toEqual(Array.from({ length: 62 }, (_, i) => i));
+    expect(await invalidateSince(meta, 3)).toEqual(Array.from({ length: 40 }, (_, i) => 22 + i));
+    expect(await invalidateSince(meta, 4)).toEqual(Array.from({ length: 20 }, (_, i) => 42 + i));
+    await expectEraCheckClean(meta);
+    await expectRefCountsClean(meta);
+  });
+
+  it("status counts the open transaction's allocations, as the kernel's allocated_this_transaction does", async () => {
+    const meta = makeFile(tmp.dir, "meta", 4 << 20);
+    const io = FileMetaIo.open(meta, true);
+    try {
+      const md = await EraMetadata.open(io, 8, true);
+      await md.resize(200_000);
+      await md.rollover();
+      await md.markWritten([{ first: 0, last: 199_999 }]);
+      await md.rollover(); // archives a writeset with every bit set
+      await md.commit();
+      const committed = (await readSuperblock(io)).smRoot.nrAllocated;
+      expect(md.usedMetadataBlocks).toBe(committed);
+      expect(await md.digestStep()).toBe("progress"); // 100 bits: copies an era-array block and its btree path
+      expect(md.usedMetadataBlocks).toBeGreaterThan(committed);
+      expect(md.usedMetadataBlocks).toBe(committed + md.tm.dirtyCount);
+      await md.commit();
+      expect(md.usedMetadataBlocks).toBe((await readSuperblock(io)).smRoot.nrAllocated);
+    } finally {
+      await io.close();
+    }
     await expectRefCountsClean(meta);
   });
 });

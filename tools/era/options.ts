@@ -1,3 +1,4 @@
+import fs from "node:fs";
 /** A small getopt_long: `--name`, `--name=value`, `--name value`, `-x`, `-x value`; stops at `--`. */
 export interface OptSpec {
   readonly [name: string]: { readonly short?: string; readonly arg: boolean };
@@ -104,6 +105,15 @@ export class LineWriter {
 }
 
 export const VERSION = "0.9.0";
+
+/**
+ * `-o FILE`; no -o, or `-o -`, is stdout (0.9.0's STDOUT_PATH). The file is opened here, so a path that cannot
+ * be created is an error the caller reports (0.9.0 ignores it and exits 0 having written nothing).
+ */
+export function outputWriter(output: string | true | undefined, streams: ToolIo): LineWriter {
+  if (typeof output !== "string" || output === "-") return new LineWriter(streams.stdout);
+  return new LineWriter(fs.createWriteStream(output, { fd: fs.openSync(output, "w") }), true);
+}
 
 /** Where a tool writes: the process's streams, or others (tests run the tools in-process). */
 export interface ToolIo {

@@ -53,7 +53,7 @@ export async function walkBtree(tm: TransactionManager, root: MetaBlock, valueSi
   await rec(root, true, undefined);
 }
 
-function checkNodeShape(n: BtreeNode, b: MetaBlock, isRoot: boolean, leafValueSize: number, parentKey: number | undefined): void {
+export function checkNodeShape(n: BtreeNode, b: MetaBlock, isRoot: boolean, leafValueSize: number, parentKey: number | undefined): void {
   if (n.max % 3 !== 0) throw new DmError("EILSEQ", `btree node ${b}: max_entries ${n.max} not divisible by 3`);
   if (!isRoot && n.nr < Math.floor(n.max / 3)) throw new DmError("EILSEQ", `btree node ${b}: too few entries in btree_node: ${n.nr}, expected at least ${Math.floor(n.max / 3)}`);
   const want = n.isInternal ? 8 : leafValueSize;
@@ -113,24 +113,6 @@ export async function readEraArray(tm: TransactionManager, root: MetaBlock): Pro
   const eras = new Uint32Array(len);
   for (const c of chunks) eras.set(c.vals, c.first);
   return eras;
-}
-
-/**
- * Blocks written in era `since` or later, as era_invalidate 0.9.0 computes them: era-array value ≥ since, or set
- * in an archived writeset whose era ≥ since (the current writeset is not consulted).
- */
-export function blocksWrittenSince(eraArray: Uint32Array, writesets: readonly WritesetContents[], nrBlocks: number, since: number): number[] {
-  const hit = new Uint8Array(Math.max(nrBlocks, 0));
-  for (let b = 0; b < Math.min(nrBlocks, eraArray.length); b++) if (eraArray[b]! >= since) hit[b] = 1;
-  for (const w of writesets) {
-    if (w.era < since) continue;
-    for (let b = 0; b < w.bits.length; b++) if (w.bits[b]) hit[b] = 1;
-  }
-  const out: number[] = [];
-  for (let b = 0; b < hit.length; b++) if (hit[b]) out.push(b);
-  // Writeset bits beyond nr_blocks are still listed by the tool.
-  for (const w of writesets) if (w.era >= since) for (let b = hit.length; b < w.bits.length; b++) if (w.bits[b] && !out.includes(b)) out.push(b);
-  return out.sort((a, b) => a - b);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

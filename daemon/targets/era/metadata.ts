@@ -5,6 +5,7 @@ import { PArray } from "./pdata/array.js";
 import { PBitset } from "./pdata/bitset.js";
 import { MetadataSpaceMap } from "./pdata/space-map.js";
 import { TransactionManager } from "./pdata/transaction-manager.js";
+import type { BlockRange } from "./ranges.js";
 import {
   decodeSuperblock,
   decodeWriteset,
@@ -19,14 +20,19 @@ import {
 
 const ERA_VALUE_SIZE = 4;
 const ZERO_ERA = Buffer.alloc(ERA_VALUE_SIZE);
-/** Era-array entries written per digest step before yielding to I/O. */
-const DIGEST_BITS_PER_STEP = 1024;
+/** Era-array entries written per digest step before yielding to I/O (the kernel's INSERTS_PER_STEP). */
+export const DIGEST_BITS_PER_STEP = 100;
 
+/** Where the digest is in the oldest archived writeset: the next bit to look at. */
 interface DigestState {
   era: number;
-  bits: number[];
+  root: MetaBlock;
+  nrBits: number;
   pos: number;
 }
+
+/** What one digest step did. */
+export type DigestResult = "idle" | "progress" | "removed";
 
 /**
  * dm-era's metadata (struct era_metadata): the superblock fields, the current writeset, the writeset tree of
@@ -49,10 +55,12 @@ export class EraMetadata {
   /** The writeset tree may hold eras still to be digested into the era array. */
   archivedWritesets: boolean;
   private digest: DigestState | undefined;
+  /** The open transaction holds digest progress (it rides along with the next commit, as in the kernel). */
+  digestDirty = false;
   /** The superblock image of the last commit (copied by take_metadata_snap). */
   private committedImage: Buffer | undefined;
 
-  private constructor(tm: TransactionManager, sb: Omit<EraSuperblock, "flags" | "blocknr" | "uuid" | "version" | "smRoot" | "smRootBytes" | "metadataBlockSize">) {
+  private constructor(tm: TransactionManager, sb: Omit<EraSuperblock, "flags" | "blocknr" | "magic" | "uuid" | "version" | "smRoot" | "smRootBytes" | "metadataBlockSize">) {
     this.tm = tm;
     this.bitset = new PBitset(tm);
     this.eraArray = new PArray(tm, ERA_VALUE_SIZE);
@@ -118,6 +126,7 @@ export class EraMetadata {
   /** metadata_commit: space map, dirty blocks, FLUSH, superblock, FLUSH. */
   async commit(): Promise<void> {
     this.commitCount++;
+    this.digestDirty = false;
     await this.tm.commit((smRootBytes) => {
       const image = encodeSuperblock({
         smRootBytes,
@@ -137,16 +146,21 @@ export class EraMetadata {
   get totalMetadataBlocks(): number {
     return this.tm.sm.nrBlocks;
   }
+  /** The kernel's used count: committed allocations plus this transaction's (allocated_this_transaction). */
   get usedMetadataBlocks(): number {
-    return this.tm.sm.nrAllocated;
+    return this.tm.sm.nrUsedInTransaction;
   }
 
-  /** Set the bits of `blocks` (sorted) in the on-disk current writeset; returns those that were clear. */
-  async markWritten(blocks: readonly number[]): Promise<number[]> {
+  /** Set the blocks of `ranges` in the on-disk current writeset; returns how many were clear. */
+  async markWritten(ranges: readonly BlockRange[]): Promise<number> {
     if (this.currentWriteset.root === 0) throw new DmError("EIO", "no current writeset");
-    const r = await this.bitset.setBits(this.currentWriteset.root, blocks);
-    this.currentWriteset.root = r.root;
-    return r.newlySet;
+    let newly = 0;
+    for (const r of ranges) {
+      const x = await this.bitset.setRange(this.currentWriteset.root, r.first, r.last);
+      this.currentWriteset.root = x.root;
+      newly += x.newlySet;
+    }
+    return newly;
   }
 
   /** metadata_era_archive: the current writeset goes into the writeset tree under the current era. */
@@ -175,31 +189,34 @@ export class EraMetadata {
   }
 
   /**
-   * One step of the digest: transcribe part of the oldest archived writeset into the era array; a writeset
-   * fully transcribed leaves the tree. Returns false when there is nothing left to digest.
+   * One step of the digest: transcribe the next set bits (at most DIGEST_BITS_PER_STEP, from one bitset block)
+   * of the oldest archived writeset into the era array; a writeset fully transcribed leaves the tree ("removed").
+   * "idle" when there is nothing left to digest.
    */
-  async digestStep(): Promise<boolean> {
+  async digestStep(): Promise<DigestResult> {
     if (!this.digest) {
       const low = await btree.lowest(this.tm, this.writesetTreeRoot);
       if (!low) {
         this.archivedWritesets = false;
-        return false;
+        return "idle";
       }
       const ws = decodeWriteset(low.value);
-      const bits = await this.bitset.setBitsOf(ws.root, Math.min(ws.nrBits, this.nrBlocks));
-      this.digest = { era: low.key, bits, pos: 0 };
+      this.digest = { era: low.key, root: ws.root, nrBits: Math.min(ws.nrBits, this.nrBlocks), pos: 0 };
     }
     const d = this.digest;
-    const chunk = d.bits.slice(d.pos, d.pos + DIGEST_BITS_PER_STEP);
-    if (chunk.length) {
-      this.eraArrayRoot = await this.eraArray.modify(this.eraArrayRoot, chunk, (ab, slot) => ab.buf.writeUInt32LE(d.era >>> 0, ab.offset(slot)));
+    if (d.pos < d.nrBits) {
+      const { bits, next } = await this.bitset.scan(d.root, d.nrBits, d.pos, DIGEST_BITS_PER_STEP);
+      if (bits.length) {
+        this.digestDirty = true;
+        this.eraArrayRoot = await this.eraArray.modify(this.eraArrayRoot, bits, (ab, slot) => ab.buf.writeUInt32LE(d.era >>> 0, ab.offset(slot)));
+      }
+      d.pos = next;
+      if (d.pos < d.nrBits) return "progress";
     }
-    d.pos += chunk.length;
-    if (d.pos >= d.bits.length) {
-      this.writesetTreeRoot = (await btree.remove(this.tm, this.writesetTreeRoot, d.era, this.wsType)).root;
-      this.digest = undefined;
-    }
-    return true;
+    this.digestDirty = true;
+    this.writesetTreeRoot = (await btree.remove(this.tm, this.writesetTreeRoot, d.era, this.wsType)).root;
+    this.digest = undefined;
+    return "removed";
   }
 
   /** take_metadata_snap: rollover + commit, then a copy of the committed superblock sharing both trees. */
@@ -237,7 +254,9 @@ export class EraMetadata {
     await btree.walk(this.tm, this.writesetTreeRoot, (k, v) => void sets.push({ era: k, ws: decodeWriteset(v) }));
     if (includeCurrent && this.currentWriteset.root !== 0) sets.push({ era: this.currentEra, ws: this.currentWriteset });
     for (const { era, ws } of sets) {
-      for (const b of await this.bitset.setBitsOf(ws.root, Math.min(ws.nrBits, this.nrBlocks))) if (era > eras[b]!) eras[b] = era;
+      await this.bitset.forEachSetBit(ws.root, Math.min(ws.nrBits, this.nrBlocks), (b) => {
+        if (era > eras[b]!) eras[b] = era;
+      });
     }
     return eras;
   }

@@ -1,5 +1,5 @@
 import { DmError } from "../../core/errors.js";
-import { checkBlock, MD_BLOCK_SECTORS, MD_BLOCK_SIZE, type MetaBlock, SUPERBLOCK_VALIDATOR } from "./pdata/block.js";
+import { checkBlockNr, checkChecksum, MD_BLOCK_SECTORS, MD_BLOCK_SIZE, type MetaBlock, SUPERBLOCK_VALIDATOR } from "./pdata/block.js";
 import { le64, readLe64 } from "./pdata/btree.js";
 import { decodeSmRoot, type SpaceMapRoot } from "./pdata/space-map.js";
 
@@ -18,6 +18,7 @@ export interface Writeset {
 export interface EraSuperblock {
   flags: number;
   blocknr: MetaBlock;
+  magic: number;
   uuid: Buffer;
   version: number;
   smRoot: SpaceMapRoot;
@@ -37,17 +38,28 @@ export function isAllZero(buf: Buffer): boolean {
   return true;
 }
 
-/** Decode and check a superblock read from `location` (0, or a metadata snapshot's copy). */
+/**
+ * Decode and check a superblock read from `location` (0, or a metadata snapshot's copy) in the kernel's sb_check
+ * order: blocknr (ENOTBLK), magic (EILSEQ), checksum (EILSEQ), version (EINVAL).
+ */
 export function decodeSuperblock(buf: Buffer, location: MetaBlock): EraSuperblock {
-  checkBlock(buf, location, SUPERBLOCK_VALIDATOR);
+  checkBlockNr(buf, location, SUPERBLOCK_VALIDATOR);
   const magic = readLe64(buf, 32);
   if (magic !== ERA_MAGIC) throw new DmError("EILSEQ", `superblock: bad magic ${magic}`);
+  checkChecksum(buf, location, SUPERBLOCK_VALIDATOR);
   const version = buf.readUInt32LE(40);
   if (version !== ERA_VERSION) throw new DmError("EINVAL", `superblock: unsupported version ${version}`);
+  return unpackSuperblock(buf);
+}
+
+/** The fields, unchecked (the offline tools read damaged superblocks the way 0.9.0 does). */
+export function unpackSuperblock(buf: Buffer): EraSuperblock {
   const smRootBytes = Buffer.from(buf.subarray(44, 76));
+  const version = buf.readUInt32LE(40);
   return {
     flags: buf.readUInt32LE(4),
     blocknr: readLe64(buf, 8),
+    magic: readLe64(buf, 32),
     uuid: Buffer.from(buf.subarray(16, 32)),
     version,
     smRoot: decodeSmRoot(smRootBytes),
@@ -64,7 +76,7 @@ export function decodeSuperblock(buf: Buffer, location: MetaBlock): EraSuperbloc
 }
 
 /** Pack the fields the kernel writes; flags and uuid are written as zero, as the kernel does. Unstamped. */
-export function encodeSuperblock(f: Omit<EraSuperblock, "flags" | "blocknr" | "uuid" | "version" | "smRoot" | "metadataBlockSize">): Buffer {
+export function encodeSuperblock(f: Omit<EraSuperblock, "flags" | "blocknr" | "magic" | "uuid" | "version" | "smRoot" | "metadataBlockSize">): Buffer {
   const buf = Buffer.alloc(MD_BLOCK_SIZE);
   buf.set(le64(ERA_MAGIC), 32);
   buf.writeUInt32LE(ERA_VERSION, 40);

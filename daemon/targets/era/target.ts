@@ -6,6 +6,9 @@ import type { Sector } from "../../core/units.js";
 import { invalid } from "../args.js";
 import { DeviceMetaIo, MD_BLOCK_SECTORS, type MetaIo } from "./pdata/block.js";
 import { EraMetadata } from "./metadata.js";
+import { allSet, type BlockRange, clearFrom, mergeRanges, setRange } from "./ranges.js";
+
+const isNoSpace = (err: unknown): boolean => err instanceof DmError && err.errno === "ENOSPC";
 
 /** dm-era requires data blocks of at least 4 KiB: a multiple of 8 sectors. */
 const MIN_BLOCK_SIZE = 8;
@@ -22,12 +25,13 @@ export const eraTarget: TargetType = {
   version: [1, 0, 0],
   async construct(ctx: TargetContext, args: readonly string[], length: Sector): Promise<Target> {
     if (args.length !== 3) throw invalid("Invalid argument count");
+    // The kernel's order: both devices, then the block size; a failed open is EINVAL whatever the cause.
+    const meta = await openOrInvalid(ctx, args[0]!, "Error opening metadata device");
+    const origin = await openOrInvalid(ctx, args[1]!, "Error opening data device");
     const bsText = args[2]!;
     if (!/^[0-9]+$/.test(bsText) || Number(bsText) > 0xffffffff) throw invalid("Error parsing block size");
     const blockSize = Number(bsText);
     if (blockSize < MIN_BLOCK_SIZE || blockSize % MIN_BLOCK_SIZE !== 0) throw invalid("Invalid block size");
-    const meta = await ctx.openDevice(args[0]!, "rw");
-    const origin = await ctx.openDevice(args[1]!, "rw");
     const io = new DeviceMetaIo(meta);
     let md: EraMetadata;
     try {
@@ -40,8 +44,18 @@ export const eraTarget: TargetType = {
   },
 };
 
+/** dm_get_device failing in era_ctr: the cause is kept in the text, the errno is EINVAL (as era_ctr returns). */
+async function openOrInvalid(ctx: TargetContext, spec: string, reason: string): Promise<BlockDevice> {
+  try {
+    return await ctx.openDevice(spec, "rw");
+  } catch (err) {
+    throw invalid(`${reason} (${(err as Error)?.message ?? String(err)})`);
+  }
+}
+
 interface Waiter {
-  readonly blocks: readonly number[];
+  /** The blocks the bio touches (one range, however large the bio). */
+  readonly range: BlockRange;
   resolve(): void;
   reject(err: unknown): void;
 }
@@ -60,6 +74,16 @@ export class EraTarget implements Target {
   private waiting: Waiter[] = [];
   private workerQueued = false;
   private digestQueued = false;
+  /**
+   * The digest failed (e.g. ENOSPC): like the kernel, stop digesting until the next archive. Writes keep
+   * working; the archived writesets stay in the tree, where the tools read them.
+   */
+  private digestStopped = false;
+  /**
+   * A write batch or RPC ran out of metadata space while the digest's progress was uncommitted: from then on
+   * the digest commits each step, so its allocations never share another transaction. Until the writeset is done.
+   */
+  private digestCommitsEachStep = false;
   /** The worker runs between preresume and postsuspend. */
   private running = false;
   private resumedOnce = false;
@@ -85,23 +109,16 @@ export class EraTarget implements Target {
     return r;
   }
 
-  private isMarked(b: number): boolean {
-    return ((this.inCore[b >>> 5]! >>> (b & 31)) & 1) === 1;
-  }
-
   async map(bio: Bio): Promise<void> {
     if (bio.op === "read" || bio.op === "flush" || bio.count === 0) return this.origin.submit(bio);
-    const first = Math.floor(bio.sector / this.blockSize);
-    const last = Math.floor((bio.sector + bio.count - 1) / this.blockSize);
-    let unmarked: number[] | undefined;
-    for (let b = first; b <= last; b++) if (!this.isMarked(b)) (unmarked ??= []).push(b);
-    if (unmarked) await this.recordWrites(unmarked);
+    const range = { first: Math.floor(bio.sector / this.blockSize), last: Math.floor((bio.sector + bio.count - 1) / this.blockSize) };
+    if (!allSet(this.inCore, range.first, range.last)) await this.recordWrites(range);
     return this.origin.submit(bio);
   }
 
-  private recordWrites(blocks: readonly number[]): Promise<void> {
+  private recordWrites(range: BlockRange): Promise<void> {
     return new Promise((resolve, reject) => {
-      this.waiting.push({ blocks, resolve, reject });
+      this.waiting.push({ range, resolve, reject });
       if (!this.workerQueued) {
         this.workerQueued = true;
         void this.serial(() => this.processDeferred());
@@ -117,31 +134,76 @@ export class EraTarget implements Target {
     if (batch.length === 0) return;
     try {
       if (this.broken) throw this.broken;
-      const blocks = [...new Set(batch.flatMap((w) => w.blocks))].filter((b) => !this.isMarked(b)).sort((a, b) => a - b);
-      if (blocks.length) {
-        const newly = await this.md.markWritten(blocks);
-        if (newly.length) await this.md.commit();
-        for (const b of blocks) this.inCore[b >>> 5]! |= 1 << (b & 31);
+      const ranges = mergeRanges(batch.map((w) => w.range)).filter((r) => !allSet(this.inCore, r.first, r.last));
+      if (ranges.length) {
+        await this.inTransaction("recording writes", async (md) => {
+          if ((await md.markWritten(ranges)) > 0) await md.commit();
+        });
+        // Only now, with the bits durable, may later bios to these blocks skip the worker.
+        for (const r of ranges) setRange(this.inCore, r.first, r.last);
       }
       for (const w of batch) w.resolve();
     } catch (err) {
       const e = new DmError("EIO", `era: metadata commit failed: ${(err as Error).message}`);
-      await this.abort(err);
       for (const w of batch) w.reject(e);
     }
     this.scheduleDigest();
   }
 
+  /**
+   * Run `op` (which commits) on the metadata. Any failure reverts to the last commit. When it ran out of
+   * metadata space while the open transaction also held the digest's uncommitted progress, that progress is
+   * dropped and `op` runs once more alone: the digest must never stop writes from being recorded.
+   */
+  private async inTransaction(what: string, op: (md: EraMetadata) => Promise<void>): Promise<void> {
+    const hadDigest = this.md.digestDirty;
+    try {
+      await op(this.md);
+      return;
+    } catch (err) {
+      await this.abort(err);
+      if (!isNoSpace(err) || !hadDigest || this.broken) throw this.noSpace(err, what);
+      this.ctx.log("warn", `metadata space is short; ${what} again without the digest's uncommitted progress`, {
+        used: this.md.usedMetadataBlocks,
+        total: this.md.totalMetadataBlocks,
+      });
+      this.digestCommitsEachStep = true;
+    }
+    try {
+      await op(this.md);
+    } catch (err) {
+      await this.abort(err);
+      throw this.noSpace(err, what);
+    }
+  }
+
+  /** Log a full metadata device once per failure, in words an operator can act on; pass the error on. */
+  private noSpace(err: unknown, what: string): unknown {
+    if (isNoSpace(err)) {
+      this.ctx.log("error", `metadata device full: ${what} failed; writes to blocks not yet written in this era fail with EIO until space is freed (drop_metadata_snap) or the metadata is moved to a larger device`, {
+        used: this.md.usedMetadataBlocks,
+        total: this.md.totalMetadataBlocks,
+        error: (err as Error).message,
+      });
+    }
+    return err;
+  }
+
   /** Throw away the uncommitted transaction: reload the last committed metadata. */
   private async abort(cause: unknown): Promise<void> {
-    this.ctx.log("error", "era: metadata operation failed; reverting to the last commit", { error: String((cause as Error)?.message ?? cause) });
+    this.ctx.log("error", "metadata operation failed; reverting to the last commit", { error: String((cause as Error)?.message ?? cause) });
     try {
       this.md = await EraMetadata.open(this.io, this.blockSize, false);
       // The in-core bits must be exactly the committed bits of the current writeset.
       this.inCore.fill(0);
       const ws = this.md.currentWriteset;
       if (ws.root !== 0 && this.inCore.length) {
-        for (const b of await this.md.bitset.setBitsOf(ws.root, Math.min(ws.nrBits, this.nrBlocks))) this.inCore[b >>> 5]! |= 1 << (b & 31);
+        const inCore = this.inCore;
+        await this.md.bitset.forEachWord(ws.root, (wi, lo, hi) => {
+          if (2 * wi < inCore.length) inCore[2 * wi] = lo;
+          if (2 * wi + 1 < inCore.length) inCore[2 * wi + 1] = hi;
+        });
+        clearFrom(inCore, Math.min(ws.nrBits, this.nrBlocks));
       }
     } catch (err) {
       this.broken = new DmError("EIO", `era: metadata unusable: ${(err as Error).message}`);
@@ -150,19 +212,35 @@ export class EraTarget implements Target {
   }
 
   private scheduleDigest(): void {
-    if (!this.running || this.digestQueued || !this.md.archivedWritesets || this.broken) return;
+    if (!this.running || this.digestQueued || this.digestStopped || !this.md.archivedWritesets || this.broken) return;
     this.digestQueued = true;
     setImmediate(() =>
       void this.serial(async () => {
         this.digestQueued = false;
-        if (!this.running || this.broken) return;
+        if (!this.running || this.broken || this.digestStopped) return;
         try {
-          if (await this.md.digestStep()) this.scheduleDigest();
+          const r = await this.md.digestStep();
+          // A finished writeset frees its bitset, reusable only after a commit: commit now rather than let
+          // the freed space wait for the next write.
+          if (r === "removed" || (r === "progress" && this.digestCommitsEachStep)) await this.md.commit();
+          if (r === "removed") this.digestCommitsEachStep = false;
+          if (r !== "idle") this.scheduleDigest();
         } catch (err) {
           await this.abort(err);
+          this.digestStopped = true;
+          this.ctx.log("error", "digest of archived writesets failed; stopped until the next checkpoint (the tools still see those writesets)", {
+            error: String((err as Error)?.message ?? err),
+            used: this.md.usedMetadataBlocks,
+            total: this.md.totalMetadataBlocks,
+          });
         }
       }),
     );
+  }
+
+  /** An archive happened: the kernel kicks the digest off again. */
+  private restartDigest(): void {
+    this.digestStopped = false;
   }
 
   /** Run a metadata operation in the worker and commit; any failure reverts to the last commit. */
@@ -171,13 +249,15 @@ export class EraTarget implements Target {
       if (this.broken) throw this.broken;
       try {
         const eraBefore = this.md.currentEra;
-        await op(this.md);
-        await this.md.commit();
+        await this.inTransaction("a metadata message", async (md) => {
+          await op(md);
+          await md.commit();
+        });
         // A new era started: its writeset is empty, so every block must be recorded again.
-        if (this.md.currentEra !== eraBefore) this.inCore.fill(0);
-      } catch (err) {
-        await this.abort(err);
-        throw err;
+        if (this.md.currentEra !== eraBefore) {
+          this.inCore.fill(0);
+          this.restartDigest();
+        }
       } finally {
         this.scheduleDigest();
       }
@@ -212,13 +292,11 @@ export class EraTarget implements Target {
     this.running = false;
     await this.serial(async () => {
       if (this.broken) return;
-      try {
-        await this.md.archive();
-        await this.md.commit();
-      } catch (err) {
-        await this.abort(err);
-        throw err;
-      }
+      await this.inTransaction("archiving the era at suspend", async (md) => {
+        await md.archive();
+        await md.commit();
+      });
+      this.restartDigest();
     });
   }
 
@@ -246,6 +324,7 @@ export class EraTarget implements Target {
       this.inCore = new Uint32Array(Math.ceil(this.nrBlocks / 32));
       this.resumedOnce = true;
       this.running = true;
+      this.restartDigest();
     });
     this.scheduleDigest();
   }

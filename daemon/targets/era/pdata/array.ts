@@ -82,8 +82,14 @@ export class PArray {
     return { b, ab };
   }
 
+  /** Array block `index`, read-only (undefined past the end). */
+  async readBlockAt(root: MetaBlock, index: number): Promise<ArrayBlock | undefined> {
+    const v = await btree.lookup(this.tm, root, index);
+    return v ? readArrayBlock(this.tm, btree.readLe64(v), this.valueSize) : undefined;
+  }
+
   /** A writable array block `index`, shadowed and re-pointed in the btree. */
-  private async shadowAblock(root: MetaBlock, index: number): Promise<{ root: MetaBlock; ab: ArrayBlock }> {
+  async shadowAblock(root: MetaBlock, index: number): Promise<{ root: MetaBlock; ab: ArrayBlock }> {
     const v = await btree.lookup(this.tm, root, index);
     if (!v) throw new DmError("EILSEQ", `array: block ${index} missing`);
     const old = btree.readLe64(v);

@@ -1,10 +1,18 @@
 import type { MetaBlock } from "./block.js";
-import { PArray } from "./array.js";
+import { type ArrayBlock, PArray } from "./array.js";
 import type { TransactionManager } from "./transaction-manager.js";
+import { mask32, popcount32 } from "../ranges.js";
 
 /** persistent-data's bitset (dm-bitset.c): an array of le64 words; bit i is bit i%64 (LSB first) of word i/64. */
 export const BITS_PER_WORD = 64;
 const ZERO_WORD = Buffer.alloc(8);
+
+/** The masks of the two 32-bit halves of 64-bit word `wi` covering bits first..last. */
+function wordMasks(wi: number, first: number, last: number): [number, number] {
+  const from = Math.max(first, wi * 64) - wi * 64;
+  const to = Math.min(last, wi * 64 + 63) - wi * 64;
+  return [from <= 31 ? mask32(from, Math.min(to, 31)) : 0, to >= 32 ? mask32(Math.max(from, 32) - 32, to - 32) : 0];
+}
 
 export class PBitset {
   readonly array: PArray;
@@ -24,59 +32,91 @@ export class PBitset {
   }
 
   /**
-   * Set `bits` (sorted ascending). Returns the new root and the bits that were not set before; blocks whose bits
-   * are all set already are left alone (no copy).
+   * Set bits first..last, one array block at a time; a block whose bits are all set already is left alone (no
+   * copy). Returns the new root and how many bits were clear before.
    */
-  async setBits(root: MetaBlock, bits: readonly number[]): Promise<{ root: MetaBlock; newlySet: number[] }> {
-    const need: number[] = [];
-    let lastWord = -1;
-    let word: Buffer | undefined;
-    for (const bit of bits) {
-      const wi = Math.floor(bit / BITS_PER_WORD);
-      if (wi !== lastWord) {
-        word = await this.array.get(root, wi);
-        lastWord = wi;
+  async setRange(root: MetaBlock, first: number, last: number): Promise<{ root: MetaBlock; newlySet: number }> {
+    const max = this.array.max;
+    let newlySet = 0;
+    const w0 = Math.floor(first / BITS_PER_WORD);
+    const w1 = Math.floor(last / BITS_PER_WORD);
+    for (let idx = Math.floor(w0 / max); idx <= Math.floor(w1 / max); idx++) {
+      const from = Math.max(w0, idx * max);
+      const to = Math.min(w1, idx * max + max - 1);
+      const missing = (ab: ArrayBlock): number => {
+        let n = 0;
+        for (let wi = from; wi <= to; wi++) {
+          const o = ab.offset(wi - idx * max);
+          const [lo, hi] = wordMasks(wi, first, last);
+          n += popcount32((lo & ~ab.buf.readUInt32LE(o)) >>> 0) + popcount32((hi & ~ab.buf.readUInt32LE(o + 4)) >>> 0);
+        }
+        return n;
+      };
+      const ro = await this.array.readBlockAt(root, idx);
+      if (ro && missing(ro) === 0) continue;
+      const w = await this.array.shadowAblock(root, idx);
+      root = w.root;
+      newlySet += missing(w.ab);
+      for (let wi = from; wi <= to; wi++) {
+        const o = w.ab.offset(wi - idx * max);
+        const [lo, hi] = wordMasks(wi, first, last);
+        w.ab.buf.writeUInt32LE((w.ab.buf.readUInt32LE(o) | lo) >>> 0, o);
+        w.ab.buf.writeUInt32LE((w.ab.buf.readUInt32LE(o + 4) | hi) >>> 0, o + 4);
       }
-      const k = bit % BITS_PER_WORD;
-      if (((word!.readUInt32LE(k < 32 ? 0 : 4) >>> (k & 31)) & 1) === 0) need.push(bit);
     }
-    if (need.length === 0) return { root, newlySet: [] };
-    const words = [...new Set(need.map((b) => Math.floor(b / BITS_PER_WORD)))];
-    const byWord = new Map<number, number[]>();
-    for (const b of need) {
-      const w = Math.floor(b / BITS_PER_WORD);
-      let list = byWord.get(w);
-      if (!list) byWord.set(w, (list = []));
-      list.push(b % BITS_PER_WORD);
-    }
-    root = await this.array.modify(root, words, (ab, slot, wi) => {
-      const off = ab.offset(slot);
-      for (const k of byWord.get(wi)!) {
-        const o = off + (k < 32 ? 0 : 4);
-        ab.buf.writeUInt32LE((ab.buf.readUInt32LE(o) | (1 << (k & 31))) >>> 0, o);
-      }
-    });
-    return { root, newlySet: need };
+    return { root, newlySet };
   }
 
-  /** Every set bit below `nrBits`, ascending. */
-  async setBitsOf(root: MetaBlock, nrBits: number): Promise<number[]> {
-    const out: number[] = [];
+  /** Every 64-bit word in order, as two 32-bit halves (bits past nr_bits are zero on disk). */
+  async forEachWord(root: MetaBlock, visit: (wordIndex: number, lo: number, hi: number) => void): Promise<void> {
     await this.array.walkBlocks(root, (first, ab) => {
-      for (let s = 0; s < ab.nr; s++) {
-        const base = (first + s) * BITS_PER_WORD;
-        for (let half = 0; half < 2; half++) {
-          let w = ab.buf.readUInt32LE(ab.offset(s) + 4 * half);
-          while (w !== 0) {
-            const k = 31 - Math.clz32(w & -w);
-            w &= w - 1;
-            const bit = base + 32 * half + k;
-            if (bit < nrBits) out.push(bit);
-          }
+      for (let s = 0; s < ab.nr; s++) visit(first + s, ab.buf.readUInt32LE(ab.offset(s)), ab.buf.readUInt32LE(ab.offset(s) + 4));
+    });
+  }
+
+  /** Every set bit below `nrBits`, ascending, without collecting them. */
+  async forEachSetBit(root: MetaBlock, nrBits: number, visit: (bit: number) => void): Promise<void> {
+    await this.forEachWord(root, (wi, lo, hi) => {
+      for (let half = 0; half < 2; half++) {
+        let w = half ? hi : lo;
+        while (w !== 0) {
+          const bit = wi * BITS_PER_WORD + 32 * half + (31 - Math.clz32(w & -w));
+          w &= w - 1;
+          if (bit < nrBits) visit(bit);
         }
       }
     });
-    return out;
+  }
+
+  /**
+   * The set bits from `from` on, at most `maxBits` of them and never past the array block holding `from` (so
+   * one call reads one block): an incremental scan. `next` is where the following call starts; ≥ nrBits at the end.
+   */
+  async scan(root: MetaBlock, nrBits: number, from: number, maxBits: number): Promise<{ bits: number[]; next: number }> {
+    const max = this.array.max;
+    const wStart = Math.floor(from / BITS_PER_WORD);
+    const idx = Math.floor(wStart / max);
+    const ab = await this.array.readBlockAt(root, idx);
+    const bits: number[] = [];
+    if (!ab) return { bits, next: nrBits };
+    for (let wi = wStart; wi < idx * max + ab.nr; wi++) {
+      const o = ab.offset(wi - idx * max);
+      for (let half = 0; half < 2; half++) {
+        const base = wi * BITS_PER_WORD + 32 * half;
+        let w = ab.buf.readUInt32LE(o + 4 * half);
+        const skip = from - base;
+        if (skip >= 32) w = 0;
+        else if (skip > 0) w = (w & ~mask32(0, skip - 1)) >>> 0;
+        while (w !== 0) {
+          const bit = base + (31 - Math.clz32(w & -w));
+          w = (w & (w - 1)) >>> 0;
+          if (bit >= nrBits) return { bits, next: nrBits };
+          bits.push(bit);
+          if (bits.length === maxBits) return { bits, next: bit + 1 };
+        }
+      }
+    }
+    return { bits, next: Math.min(nrBits, (idx * max + ab.nr) * BITS_PER_WORD) };
   }
 
   del(root: MetaBlock): Promise<void> {

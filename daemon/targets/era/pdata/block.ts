@@ -40,11 +40,35 @@ export function stampBlock(buf: Buffer, b: MetaBlock, v: BlockValidator): void {
 
 /** The kernel's check: blocknr first (ENOTBLK), then checksum (EILSEQ). Corruption is EIO-class for callers. */
 export function checkBlock(buf: Buffer, b: MetaBlock, v: BlockValidator): void {
+  checkBlockNr(buf, b, v);
+  checkChecksum(buf, b, v);
+}
+
+/** A block failed its validator: which check, on which block (the offline tools word these as 0.9.0 does). */
+export class BlockCheckError extends DmError {
+  constructor(
+    readonly check: "blocknr" | "checksum",
+    readonly validator: BlockValidator,
+    readonly block: MetaBlock,
+    message: string,
+    /** The checksum was right (for a blocknr failure; the tools test the checksum first). */
+    readonly checksumOk = check === "blocknr",
+  ) {
+    super(check === "blocknr" ? "ENOTBLK" : "EILSEQ", message);
+  }
+}
+
+export function checkBlockNr(buf: Buffer, b: MetaBlock, v: BlockValidator): void {
   const nr = buf.readBigUInt64LE(v.blocknrOffset);
-  if (nr !== BigInt(b)) throw new DmError("EILSEQ", `${v.name} ${b}: bad block nr ${nr}`);
+  if (nr === BigInt(b)) return;
+  const sumOk = blockChecksum(buf, v.salt) === buf.readUInt32LE(0);
+  throw new BlockCheckError("blocknr", v, b, `${v.name} ${b}: bad block nr ${nr}${sumOk ? "" : " (and bad checksum)"}`, sumOk);
+}
+
+export function checkChecksum(buf: Buffer, b: MetaBlock, v: BlockValidator): void {
   const want = blockChecksum(buf, v.salt);
   const got = buf.readUInt32LE(0);
-  if (want !== got) throw new DmError("EILSEQ", `${v.name} ${b}: bad checksum (stored 0x${got.toString(16)}, computed 0x${want.toString(16)})`);
+  if (want !== got) throw new BlockCheckError("checksum", v, b, `${v.name} ${b}: bad checksum (stored 0x${got.toString(16)}, computed 0x${want.toString(16)})`);
 }
 
 /** Raw 4 KiB block I/O on a metadata device. */

@@ -60,6 +60,9 @@ export class MetadataSpaceMap {
   private readonly nrFree: number[];
   private readonly noneFreeBefore: number[];
   private allocated = 0;
+  /** nr_allocated at the last commit, and blocks allocated since (the kernel's allocated_this_transaction). */
+  private committedAllocated = 0;
+  private allocatedThisTransaction = 0;
   private hint = 0;
 
   private constructor(
@@ -117,6 +120,7 @@ export class MetadataSpaceMap {
       sm.counts[key] = value.readUInt32LE(0);
       sm.refTree.set(key, sm.counts[key]!);
     });
+    sm.committedAllocated = sm.allocated;
     return sm;
   }
 
@@ -149,6 +153,7 @@ export class MetadataSpaceMap {
       for (let b = from; b < to; b++) {
         if (this.counts[b] === 0 && this.committedCount(b) === 0) {
           this.setCount(b, 1);
+          this.allocatedThisTransaction++;
           this.hint = b + 1;
           return b;
         }
@@ -175,6 +180,14 @@ export class MetadataSpaceMap {
 
   get nrFreeBlocks(): number {
     return this.nrBlocks - this.allocated;
+  }
+
+  /**
+   * Blocks in use as the kernel's status counts them: allocated at the last commit plus every allocation since,
+   * even of blocks freed again (their space comes back only at the commit).
+   */
+  get nrUsedInTransaction(): number {
+    return this.committedAllocated + this.allocatedThisTransaction;
   }
 
   /**
@@ -261,6 +274,8 @@ export class MetadataSpaceMap {
   /** The transaction is on disk: its counts become the committed view. */
   committed(): void {
     this.committedDiff.clear();
+    this.committedAllocated = this.allocated;
+    this.allocatedThisTransaction = 0;
   }
 
   /** Every block's count (for checkers). */
