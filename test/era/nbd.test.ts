@@ -38,6 +38,19 @@ async function map(uri: string, context: string): Promise<Array<[number, number,
 }
 
 describe("era over NBD", () => {
+  it("base:allocation shows the origin's holes (reads come from it)", async () => {
+    const meta = makeFile(tmp.dir, "meta", 1 << 20);
+    const origin = makeFile(tmp.dir, "origin", 1 << 20);
+    await createEra(reg, "e", meta, origin, (1 << 20) / 512, 128);
+    const uri = `nbd+unix:///e?socket=${sock}`;
+    expect((await run("qemu-io", ["-f", "raw", uri, "-c", "write -P 7 512k 64k"])).code).toBe(0);
+    expect(await map(uri, "base:allocation")).toEqual([
+      [0, 512 << 10, 3],
+      [512 << 10, 64 << 10, 0],
+      [576 << 10, (1 << 20) - (576 << 10), 3],
+    ]);
+  });
+
   it("writes from qemu-io are recorded; tsdm-era:written-since:N maps exactly the blocks written since era N", async () => {
     const K = 64 * 1024; // 128-sector era blocks
     const meta = makeFile(tmp.dir, "meta", 1 << 20);

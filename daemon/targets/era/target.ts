@@ -1,6 +1,7 @@
 import type { Target, TargetContext, TargetType } from "../target.js";
 import type { Bio } from "../../io/bio.js";
 import type { BlockDevice } from "../../io/block-device.js";
+import { dataRun, type AllocationRun } from "../../io/allocation.js";
 import { DmError } from "../../core/errors.js";
 import type { Sector } from "../../core/units.js";
 import { invalid } from "../args.js";
@@ -331,6 +332,11 @@ export class EraTarget implements Target {
 
   devices(): readonly BlockDevice[] {
     return [this.meta, this.origin];
+  }
+
+  /** Reads come from the origin, so its holes are the device's (block status). */
+  allocation(sector: Sector, count: Sector): AllocationRun[] | Promise<AllocationRun[]> {
+    return this.origin.allocation ? this.origin.allocation(sector, count) : [dataRun(count)];
   }
 
   async destroy(): Promise<void> {
