@@ -4,7 +4,7 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { DeviceRegistry } from "../../daemon/device/registry.js";
 import type { MappedDevice } from "../../daemon/device/mapped-device.js";
 import type { Sector } from "../../daemon/core/units.js";
-import { MAGIC_BOW, crc32Raw, decodeEntry, decodeHeader, HEADER_SIZE } from "../../daemon/targets/bow/format.js";
+import { MAGIC_BOW, MAX_ENTRY_BYTES, crc32Raw, decodeEntry, decodeHeader, HEADER_SIZE } from "../../daemon/targets/bow/format.js";
 import { makeFile, makeRegistry, tempDir } from "../helpers/registry.js";
 import { DmError } from "../../daemon/core/errors.js";
 import type { Bio } from "../../daemon/io/bio.js";
@@ -390,6 +390,24 @@ describe("bow: backup-on-write", () => {
       if (!isFree) expect(now.compare(orig, s * 512, s * 512 + 512, s * 512, s * 512 + 512), `sector ${s}`).toBe(0);
     }
     expect(now.subarray(0, 512).equals(orig.subarray(0, 512))).toBe(true);
+  });
+
+  it("a backup larger than MAX_ENTRY_BYTES is logged in pieces of at most that, and rolls back", async () => {
+    const f = makeFile(tmp.dir, "big", 40 << 20, "pattern");
+    const orig = fs.readFileSync(f);
+    const dev = await createBow(reg, "b", f, 81920, "1 block_size:4096");
+    await discard(dev, 40960, 40960); // the second 20 MiB
+    await setState(dev, "1");
+    const zeroes = MAX_ENTRY_BYTES + (2 << 20);
+    await dev.submit({ op: "write_zeroes", sector: S(2048), count: S(zeroes / 512), fua: false });
+    const log = readFileRange(f, 0, 8);
+    const h = decodeHeader(log);
+    const sizes = Array.from({ length: h.count }, (_, i) => decodeEntry(log, HEADER_SIZE, i).size);
+    expect(sizes).toEqual([4096, MAX_ENTRY_BYTES, 2 << 20]);
+    expect((await read(dev, 2048, zeroes / 512)).equals(Buffer.alloc(zeroes))).toBe(true);
+    await reg.remove(dev);
+    expect(await restoreFile(f)).toMatchObject({ kind: "restored", entries: 3 });
+    expect(fs.readFileSync(f).subarray(0, 40960 * 512).equals(orig.subarray(0, 40960 * 512))).toBe(true);
   });
 
   it("a write into the middle of a Free range needs no backup and splits it", async () => {

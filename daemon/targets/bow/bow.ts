@@ -4,7 +4,7 @@ import { DmError } from "../../core/errors.js";
 import type { Sector } from "../../core/units.js";
 import type { Target, TargetContext, TargetType } from "../target.js";
 import { invalid } from "../args.js";
-import { MAGIC_BOW, MAGIC_WOB, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, checksumSeed, crc32Raw, isPowerOfTwo, type LogEntry } from "./format.js";
+import { MAGIC_BOW, MAGIC_WOB, MAX_BLOCK_SIZE, MAX_ENTRY_BYTES, MIN_BLOCK_SIZE, checksumSeed, crc32Raw, isPowerOfTwo, type LogEntry } from "./format.js";
 import { RangeMap, type RangeType } from "./range-map.js";
 import { RangeLocks, type Interval, type LockHolder } from "./range-locks.js";
 import { FlushCoalescer } from "./flusher.js";
@@ -273,7 +273,7 @@ export class BowTarget implements Target {
           case "Sector0_current": {
             const s0c = p.type === "Sector0_current";
             for (let src = p.start; src < p.end; ) {
-              const f = this.ranges.peekFree(p.end - src);
+              const f = this.ranges.peekFree(Math.min(p.end - src, MAX_ENTRY_BYTES / this.blockSize)); // one entry each
               if (!f) throw new DmError("ENOSPC", "bow: no free space left for a backup");
               const n = f.end - f.start;
               set(f.start, f.end, s0c ? "Sector0_current" : "Backup", "Free");
