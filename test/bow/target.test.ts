@@ -212,6 +212,18 @@ describe("bow: entering state 1", () => {
     expect(await ranges(dev)).toEqual(["Sector0: 0", "Backup: 1", "Changed: 2", "Sector0_current: 3", "Backup: 4", "Unchanged: 5", "Top: 4096"]);
   });
 
+  it.each([
+    ["a Free range split by a state-0 write: the piece below is used first", [["discard", 10, 10], ["discard", 30, 10], ["write", 15, 1]], 10],
+    ["a discard merging with the Free range before it: that range keeps its place", [["discard", 10, 2], ["discard", 30, 10], ["discard", 12, 2]], 30],
+  ] as const)("the kernel's free-list order: %s", async (_what, ios, live) => {
+    const dev = await createBow(reg, "b", sectorFile(), 4096);
+    for (const [op, sector, n] of ios) await (op === "write" ? write(dev, sector, pattern(n, 1)) : discard(dev, sector, n));
+    await setState(dev, "1");
+    const map = await ranges(dev);
+    expect(map).toContain(`Sector0_current: ${live}`);
+    expect(map).toContain(`Backup: ${live + 1}`);
+  });
+
   it("F7: a head free extent of exactly one block becomes the live copy of block 0 and is never reused", async () => {
     const f = sectorFile();
     const dev = await createBow(reg, "b", f, 4096);
