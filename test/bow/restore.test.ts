@@ -106,6 +106,16 @@ describe("bow-restore: interruption", () => {
     }
   });
 
+  it("--limit N where N is exactly the number of entries finishes the restore (no magic, nothing to resume)", async () => {
+    const total = ((await restoreMem(small.after)).result as { entries: number }).entries;
+    const r = await restoreMem(small.after, { limit: total });
+    expect(r.result).toMatchObject({ kind: "restored", entries: total, resumed: false });
+    expect(r.image.equals(reference)).toBe(true);
+    const resumed = await restoreMem((await restoreMem(small.after, { limit: total - 3 })).image, { limit: 3 });
+    expect(resumed.result).toMatchObject({ kind: "restored", entries: 3, resumed: true });
+    expect(resumed.image.equals(reference)).toBe(true);
+  });
+
   it("a run interrupted one entry at a time still ends with the same image", async () => {
     let image: Buffer = Buffer.from(small.after);
     let runs = 0;
@@ -286,6 +296,7 @@ describe("tsdm bow-restore CLI", () => {
     expect(fs.readFileSync(f).equals(small.after)).toBe(true);
     r = await tsdmInProcess(["--limit", "5", f]);
     expect(r.status).toBe(3);
+    expect(r.stdout).toMatch(/stopped after 5 entries \(--limit\); block 0 is marked WOB, run again to resume/);
     r = await tsdmInProcess(["--check", f]);
     expect(r.stdout).toMatch(/interrupted restore is pending/);
     r = await tsdmInProcess([f]);
@@ -305,6 +316,13 @@ describe("tsdm bow-restore CLI", () => {
     r = await tsdmInProcess([f]);
     expect(r.status).toBe(2);
     expect(r.stdout).toMatch(/rolled forward/);
+    // A limit that reaches the last entry is a finished restore: exit 0, no "run again".
+    fs.writeFileSync(f, small.after);
+    const total = ((await restoreMem(small.after)).result as { entries: number }).entries;
+    r = await tsdmInProcess(["--limit", String(total), f]);
+    expect(r.status, r.stdout).toBe(0);
+    expect(r.stdout).toMatch(new RegExp(`^${f}: restored the checkpoint: ${total} log entries, \\d+ bytes written back\n$`));
+    expect(fs.readFileSync(f).equals(reference)).toBe(true);
     r = await tsdmInProcess([path.join(tmp.dir, "missing")]);
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/cannot open/);
