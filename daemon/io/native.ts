@@ -8,6 +8,8 @@ export interface BlockOps {
   blkLogicalBlockSize(fd: number): number;
   blkPhysicalBlockSize(fd: number): number;
   peerCred(fd: number): { pid: number; uid: number; gid: number };
+  /** flock(LOCK_SH or LOCK_EX, non-blocking): false when another open file holds a conflicting lock. */
+  tryFlock(fd: number, exclusive: boolean): boolean;
   punchHole(fd: number, offset: number | bigint, length: number | bigint): Promise<void>;
   zeroRange(fd: number, offset: number | bigint, length: number | bigint): Promise<void>;
   blkDiscard(fd: number, offset: number | bigint, length: number | bigint): Promise<void>;

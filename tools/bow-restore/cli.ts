@@ -1,7 +1,7 @@
 import fs from "node:fs";
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import cliProgress from "cli-progress";
-import { FileRawDevice, type StepHook } from "./raw-device.js";
+import { FileRawDevice, ImageBusyError, type StepHook } from "./raw-device.js";
 import { restoreCheckpoint, type RestoreResult } from "../../daemon/targets/bow/restore.js";
 
 /**
@@ -46,7 +46,7 @@ export async function run(argv: string[]): Promise<number> {
     dev = await FileRawDevice.open(path, { readOnly: dryRun, step: opts.stepGate ? stepGate() : undefined });
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    const hint = e.code === "EBUSY" ? " (in use: remove the bow device / unmount it first)" : "";
+    const hint = err instanceof ImageBusyError ? "; remove the bow device first" : e.code === "EBUSY" ? " (in use: remove the bow device / unmount it first)" : "";
     process.stderr.write(`tsdm bow-restore: cannot open ${path}: ${e.message}${hint}\n`);
     return EXIT.ERROR;
   }

@@ -12,6 +12,8 @@ import { BowLog } from "./log.js";
 import { StateGate } from "./gate.js";
 import { restoreCheckpoint, type RestoreResult } from "./restore.js";
 import { BlockDeviceRaw } from "./block-device-raw.js";
+import { ImageLock } from "./image-lock.js";
+import { FileDevice } from "../../io/file-device.js";
 
 /**
  * Android dm-bow 1.2.0 ("backup on write"): `bow <dev> [1 block_size:N]`.
@@ -58,8 +60,15 @@ export const bowTarget: TargetType = {
     const spb = blockSize / 512;
     if (length % spb !== 0) throw invalid(`Target length ${length} is not a multiple of the block size (${spb} sectors)`);
     if (length > dev.size) throw invalid(`Device ${args[0]} too small for target: len=${length}, dev_size=${dev.size}`);
-    await checkForLog(ctx, dev, args[0]!, blockSize);
-    return new BowTarget(ctx, dev, args.slice(), blockSize, length);
+    // Before the log check: a restore started meanwhile must not run beside the one checkForLog may do.
+    const lock = dev instanceof FileDevice && !dev.isBlockDevice ? ImageLock.shared(dev.path) : undefined;
+    try {
+      await checkForLog(ctx, dev, args[0]!, blockSize);
+      return new BowTarget(ctx, dev, args.slice(), blockSize, length, lock);
+    } catch (err) {
+      lock?.release();
+      throw err;
+    }
   },
 };
 
@@ -131,6 +140,8 @@ export class BowTarget implements Target {
     private readonly args: string[],
     readonly blockSize: number,
     length: Sector,
+    /** Keeps `tsdm bow-restore` off the image file while this target exists. */
+    private readonly lock?: ImageLock,
   ) {
     this.spb = blockSize / 512;
     this.blocks = length / this.spb;
@@ -458,5 +469,6 @@ export class BowTarget implements Target {
 
   async destroy(): Promise<void> {
     // Nothing is written: in state 1 the log stays on disk so the next restore rolls back (as the kernel).
+    this.lock?.release();
   }
 }
