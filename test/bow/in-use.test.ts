@@ -42,6 +42,11 @@ it("bow-restore refuses an image a live bow device uses, and restores it once th
   expect((await nbd.read(64 * 512, 4096)).equals(pattern(8, 2))).toBe(true);
   await nbd.disconnect();
 
+  // dmsetup's caller sees only the errno; the target's reason is in the daemon log (docs/bow.md).
+  const bad = await d.tsdmsetup(["message", "b", "0", "state", "0"]);
+  expect(bad.stderr).toBe("device-mapper: message ioctl on b  failed: Invalid argument\nCommand failed.\n");
+  expect(d.log()).toMatch(/"level":"error","msg":"bow: Invalid state change from 1 to 0"/);
+
   await ok(["remove", "b"]);
   const r = await d.tsdm(["bow-restore", img]);
   expect(r.code, r.stderr).toBe(0);

@@ -437,6 +437,16 @@ export class BowTarget implements Target {
   // ---- control and status ----
 
   async message(argv: readonly string[]): Promise<string | void> {
+    try {
+      return await this.control(argv);
+    } catch (err) {
+      // The kernel's DMERR: the reason goes to the daemon log; dmsetup's caller sees only the errno.
+      this.ctx.log("error", (err as Error).message);
+      throw err;
+    }
+  }
+
+  private async control(argv: readonly string[]): Promise<string | void> {
     const [cmd, ...rest] = argv;
     switch (cmd) {
       case "state":
