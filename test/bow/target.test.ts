@@ -12,6 +12,9 @@ import type { BlockDevice } from "../../daemon/io/block-device.js";
 import { FileDevice } from "../../daemon/io/file-device.js";
 import type { TargetContext } from "../../daemon/targets/target.js";
 import { bowTarget } from "../../daemon/targets/bow/index.js";
+import { restoreCheckpoint } from "../../daemon/targets/bow/restore.js";
+import { MemBlockDevice, contextFor, settle } from "./mem-device.js";
+import { MemRawDevice } from "./workload.js";
 import { createBow, discard, expectDmError, free, pattern, ranges, read, readFileRange, restoreFile, setState, state, write } from "./helpers.js";
 
 const S = (n: number) => n as Sector;
@@ -590,6 +593,51 @@ describe("bow: I/O errors", () => {
     }
     expect(await restoreFile(f)).toMatchObject({ kind: "restored", entries: 1 });
     expect(fs.readFileSync(f).subarray(0, 1000 * 512).equals(orig.subarray(0, 1000 * 512))).toBe(true);
+  });
+
+  it("a failed backup copy frees its space only once the bio's other copies have stopped writing", async () => {
+    const init = Buffer.alloc(4096 * 512);
+    for (let i = 0; i < 4096; i++) pattern(1, 7000 + i).copy(init, i * 512);
+    let fail44 = true;
+    let open50!: () => void;
+    let reached50!: () => void;
+    const held50 = new Promise<void>((r) => (open50 = r));
+    const at50 = new Promise<void>((r) => (reached50 = r));
+    let hold50: Promise<void> | undefined = held50;
+    // The first write to block 44 fails; the first write to block 50 waits for open50().
+    const mem = new MemBlockDevice(Buffer.from(init), (b) => {
+      if (b.op === "write" && b.sector === 44 && fail44) {
+        fail44 = false;
+        return Promise.reject(new DmError("EIO", "injected write error"));
+      }
+      if (b.op === "write" && b.sector === 50 && hold50) {
+        const h = hold50;
+        hold50 = undefined;
+        reached50();
+        return h;
+      }
+      return undefined;
+    });
+    const t = await bowTarget.construct(contextFor(mem), ["mem"], S(4096));
+    // Free list, head first: [100,102) (taken by 0→1), [44,45), [50,52), [200,210).
+    for (const [a, n] of [[200, 10], [50, 2], [44, 1], [100, 2]] as const) await t.map(bio("discard", a, undefined, n));
+    await t.message!(["state", "1"]);
+    const failed = t.map(bio("write", 10, pattern(2, 1))).catch((e: unknown) => e); // backups 10→44 (fails), 11→50 (held)
+    await at50;
+    await settle();
+    const w = pattern(2, 2);
+    await t.map(bio("write", 20, w)); // must not back up into 44 or 50 while the failed bio's copy may still land there
+    open50();
+    expect(await failed).toMatchObject({ errno: "EIO" });
+    const back = bio("read", 10, Buffer.alloc(12 * 512));
+    await t.map(back);
+    expect(back.data!.subarray(0, 1024).equals(init.subarray(10 * 512, 12 * 512))).toBe(true);
+    expect(back.data!.subarray(10 * 512).equals(w)).toBe(true);
+    await t.destroy();
+    expect((await restoreCheckpoint(new MemRawDevice(mem.image))).kind).toBe("restored");
+    const free = new Set([44, 50, 51, 100, 101, ...Array.from({ length: 10 }, (_, i) => 200 + i)]);
+    const inUse = Array.from({ length: 4096 }, (_, b) => b).filter((b) => !free.has(b));
+    expect(inUse.find((b) => !mem.image.subarray(b * 512, b * 512 + 512).equals(init.subarray(b * 512, b * 512 + 512)))).toBeUndefined();
   });
 
   it("a failed log write stops all later writes (EIO) instead of writing past an unknown log", async () => {

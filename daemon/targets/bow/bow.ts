@@ -235,7 +235,12 @@ export class BowTarget implements Target {
     try {
       let entries: LogEntry[];
       try {
-        entries = await Promise.all(plan.backups.map((bk) => this.copy(bk)));
+        // Wait for every copy even when one fails: undo() frees their destinations, which must not be
+        // handed out as backup space while a sibling copy can still land there.
+        const copies = await Promise.allSettled(plan.backups.map((bk) => this.copy(bk)));
+        const failed = copies.find((c) => c.status === "rejected");
+        if (failed) throw failed.reason;
+        entries = copies.map((c) => (c as PromiseFulfilledResult<LogEntry>).value);
         if (entries.length > 0) await this.flusher.flush();
       } catch (err) {
         this.undo(plan);
