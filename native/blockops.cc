@@ -12,6 +12,7 @@
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <string>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -107,6 +108,19 @@ Napi::Value SeekDataHole(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(r));
 }
 
+// tryFlock(fd, exclusive): flock(LOCK_SH or LOCK_EX | LOCK_NB). True when taken, false when another open file
+// holds a conflicting lock; anything else throws. Never blocks: the lock is a guard, not a queue.
+Napi::Value TryFlock(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0);
+  if (info.Length() < 2 || !info[1].IsBoolean()) throw Napi::TypeError::New(info.Env(), "exclusive must be a boolean");
+  int op = (info[1].As<Napi::Boolean>().Value() ? LOCK_EX : LOCK_SH) | LOCK_NB;
+  int r;
+  do r = flock(fd, op); while (r < 0 && errno == EINTR);
+  if (r == 0) return Napi::Boolean::New(info.Env(), true);
+  if (errno == EWOULDBLOCK) return Napi::Boolean::New(info.Env(), false);
+  throw ErrnoError(info.Env(), errno, "flock");
+}
+
 enum class RangeOp { PunchHole, ZeroRange, BlkDiscard, BlkZeroOut };
 
 const char* RangeOpName(RangeOp op) {
@@ -181,6 +195,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("peerCred", Napi::Function::New(env, PeerCred));
   exports.Set("seekData", Napi::Function::New(env, SeekDataHole<SEEK_DATA>));
   exports.Set("seekHole", Napi::Function::New(env, SeekDataHole<SEEK_HOLE>));
+  exports.Set("tryFlock", Napi::Function::New(env, TryFlock));
   exports.Set("punchHole", Napi::Function::New(env, RangeAsync<RangeOp::PunchHole>));
   exports.Set("zeroRange", Napi::Function::New(env, RangeAsync<RangeOp::ZeroRange>));
   exports.Set("blkDiscard", Napi::Function::New(env, RangeAsync<RangeOp::BlkDiscard>));

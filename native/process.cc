@@ -1,9 +1,8 @@
-// Process-level calls Node lacks: flock(2) for the state-dir lock, and sd_notify (a unix datagram to
-// $NOTIFY_SOCKET) for systemd's Type=notify readiness.
+// Process-level calls Node lacks: sd_notify (a unix datagram to $NOTIFY_SOCKET) for systemd's Type=notify
+// readiness. (The state-dir lock uses blockops' tryFlock.)
 #include <cerrno>
 #include <cstring>
 #include <string>
-#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -12,19 +11,6 @@
 
 namespace tsdm {
 namespace {
-
-// flockExclusive(fd) -> true if this open file description now holds the lock, false if another one does.
-Napi::Value FlockExclusive(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsNumber()) throw Napi::TypeError::New(env, "flockExclusive(fd)");
-  int fd = info[0].As<Napi::Number>().Int32Value();
-  int r;
-  do r = flock(fd, LOCK_EX | LOCK_NB);
-  while (r < 0 && errno == EINTR);
-  if (r == 0) return Napi::Boolean::New(env, true);
-  if (errno == EWOULDBLOCK) return Napi::Boolean::New(env, false);
-  throw ErrnoError(env, errno, "flock");
-}
 
 // sdNotify(socketPath, message): one datagram, as sd_notify(3) sends it; "@name" is an abstract socket.
 Napi::Value SdNotify(const Napi::CallbackInfo& info) {
@@ -51,7 +37,6 @@ Napi::Value SdNotify(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void InitProcess(Napi::Env env, Napi::Object exports) {
-  exports.Set("flockExclusive", Napi::Function::New(env, FlockExclusive));
   exports.Set("sdNotify", Napi::Function::New(env, SdNotify));
 }
 

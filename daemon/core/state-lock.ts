@@ -23,7 +23,7 @@ export function lockStateDir(stateDir: string): { release(): void } {
   const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
   let taken: boolean;
   try {
-    taken = native.flockExclusive(fd);
+    taken = native.tryFlock(fd, true);
   } catch (err) {
     fs.closeSync(fd);
     throw err;

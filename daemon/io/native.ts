@@ -12,13 +12,13 @@ export interface BlockOps {
   seekData(fd: number, offset: number): number;
   /** lseek(SEEK_HOLE): the next hole offset at or after `offset` (the file size at the latest), or -1 past the end. */
   seekHole(fd: number, offset: number): number;
+  /** flock(LOCK_SH or LOCK_EX, non-blocking): false when another open file holds a conflicting lock. */
+  tryFlock(fd: number, exclusive: boolean): boolean;
   punchHole(fd: number, offset: number | bigint, length: number | bigint): Promise<void>;
   zeroRange(fd: number, offset: number | bigint, length: number | bigint): Promise<void>;
   blkDiscard(fd: number, offset: number | bigint, length: number | bigint): Promise<void>;
   blkZeroOut(fd: number, offset: number | bigint, length: number | bigint): Promise<void>;
   punchHoleSync(fd: number, offset: number | bigint, length: number | bigint): void;
-  /** flock(LOCK_EX|LOCK_NB): true if taken, false if another open file description holds it (native/process.cc). */
-  flockExclusive(fd: number): boolean;
   /** One sd_notify datagram to `socketPath` ("@name": abstract). */
   sdNotify(socketPath: string, message: string): void;
 }

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import fc from "fast-check";
-import { crc32Raw, checksumSeed, decodeEntry, decodeHeader, encodeEntry, encodeHeader, logCapacity, MAGIC_BOW, MAGIC_WOB, HEADER_SIZE } from "../../daemon/targets/bow/format.js";
+import { crc32Raw, checksumSeed, decodeEntry, decodeHeader, encodeEntry, encodeHeader, logCapacity, MAX_ENTRY_BYTES, MAGIC_BOW, MAGIC_WOB, HEADER_SIZE } from "../../daemon/targets/bow/format.js";
 import { Relocations } from "../../daemon/targets/bow/relocations.js";
 
 describe("bow on-disk format", () => {
@@ -51,6 +51,16 @@ describe("bow on-disk format", () => {
     const wob = Buffer.alloc(4);
     wob.writeUInt32LE(MAGIC_WOB);
     expect(wob.toString("latin1")).toBe("WOB\0");
+  });
+
+  it("an entry a restore would reject is never encoded: u32 overflow with block_size, cut sizes, partial sectors", () => {
+    const b = Buffer.alloc(4096);
+    const entry = (size: number) => () => encodeEntry({ source: 8, dest: 16, size, checksum: 1 }, b, 0);
+    for (const size of [4294963200, 2 ** 32 + 4096, MAX_ENTRY_BYTES + 512, 0, 256, 4097]) expect(entry(size), `size ${size}`).toThrow(RangeError);
+    expect(b.equals(Buffer.alloc(4096))).toBe(true);
+    entry(MAX_ENTRY_BYTES)();
+    expect(decodeEntry(b, HEADER_SIZE, 0).size).toBe(MAX_ENTRY_BYTES);
+    expect(4096 + MAX_ENTRY_BYTES).toBeLessThan(2 ** 32); // what vold checks, at the largest block size
   });
 
   it("log capacity: 169, 84, 41, 20 entries", () => {

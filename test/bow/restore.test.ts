@@ -2,8 +2,9 @@ import fs from "node:fs";
 import path from "node:path";
 import { spawn, spawnSync } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { HEADER_SIZE, MAGIC_BOW, MAGIC_WOB, crc32Raw, decodeEntry, decodeHeader, encodeEntry, encodeHeader } from "../../daemon/targets/bow/format.js";
+import { ENTRY_SIZE, HEADER_SIZE, MAGIC_BOW, MAGIC_WOB, crc32Raw, decodeEntry, decodeHeader, encodeEntry, encodeHeader } from "../../daemon/targets/bow/format.js";
 import { restoreCheckpoint, type RestoreResult } from "../../daemon/targets/bow/restore.js";
+import { Relocations } from "../../daemon/targets/bow/relocations.js";
 import { tempDir } from "../helpers/registry.js";
 import { run as runCli } from "../../tools/bow-restore/cli.js";
 import { firstDifference } from "./helpers.js";
@@ -54,12 +55,18 @@ describe("bow-restore: correctness", () => {
   it("the workload really exercised the log: several log sectors, backups of backups, the live block 0 moving", async () => {
     const h = decodeHeader(small.after);
     expect(h.sequence).toBeGreaterThanOrEqual(2);
+    // Walk the log sectors as vold validates them: a saved log sector may itself have been backed up and
+    // overwritten later, so read through the relocations of the newer entries.
     const sectors: Buffer[] = [];
-    let cur = small.after.subarray(0, 512);
+    const reloc = new Relocations();
     for (let seq = h.sequence; seq >= 0; seq--) {
-      sectors.unshift(cur);
-      const e0 = decodeEntry(cur, HEADER_SIZE, 0);
-      cur = small.after.subarray(e0.dest * 512, e0.dest * 512 + 512);
+      const ls = small.after.subarray(reloc.phys(0) * 512, reloc.phys(0) * 512 + 512);
+      expect(decodeHeader(ls).sequence).toBe(seq);
+      sectors.unshift(ls);
+      for (let i = decodeHeader(ls).count - 1; i >= 0; i--) {
+        const e = decodeEntry(ls, HEADER_SIZE, i);
+        reloc.relocate(e.source, e.dest, e.size / 512);
+      }
     }
     const backedUp = new Set<number>();
     let backupOfBackup = false;
@@ -97,6 +104,16 @@ describe("bow-restore: interruption", () => {
       expect(phases).toEqual(["restoring"]); // WOB: no validation
       expect(second.image.equals(reference), `limit ${n}`).toBe(true);
     }
+  });
+
+  it("--limit N where N is exactly the number of entries finishes the restore (no magic, nothing to resume)", async () => {
+    const total = ((await restoreMem(small.after)).result as { entries: number }).entries;
+    const r = await restoreMem(small.after, { limit: total });
+    expect(r.result).toMatchObject({ kind: "restored", entries: total, resumed: false });
+    expect(r.image.equals(reference)).toBe(true);
+    const resumed = await restoreMem((await restoreMem(small.after, { limit: total - 3 })).image, { limit: 3 });
+    expect(resumed.result).toMatchObject({ kind: "restored", entries: 3, resumed: true });
+    expect(resumed.image.equals(reference)).toBe(true);
   });
 
   it("a run interrupted one entry at a time still ends with the same image", async () => {
@@ -209,16 +226,14 @@ describe("bow-restore: validation failures roll forward", () => {
     await expectRolledForward(small.after, editLog(edit));
   });
 
+  // Raw field writes: encodeEntry refuses sizes no restore accepts.
   it.each([
-    ["size below block_size", (e: ReturnType<typeof decodeEntry>) => ({ ...e, size: 256 })],
-    ["size + block_size overflowing u32", (e: ReturnType<typeof decodeEntry>) => ({ ...e, size: 0xffffffff - 100 })],
-    ["dest beyond the device end", (e: ReturnType<typeof decodeEntry>) => ({ ...e, dest: 1e9 })],
-    ["source beyond the device end", (e: ReturnType<typeof decodeEntry>) => ({ ...e, source: 1e9, checksum: 0 })],
-  ])("%s", async (_what, change) => {
-    const img = editLog((b) => {
-      const h = decodeHeader(b);
-      encodeEntry(change(decodeEntry(b, HEADER_SIZE, h.count - 1)), b, h.count - 1);
-    });
+    ["size below block_size", (b: Buffer, off: number) => b.writeUInt32LE(256, off + 16)],
+    ["size + block_size overflowing u32", (b: Buffer, off: number) => b.writeUInt32LE(0xffffffff - 100, off + 16)],
+    ["dest beyond the device end", (b: Buffer, off: number) => b.writeBigUInt64LE(BigInt(1e9), off + 8)],
+    ["source beyond the device end", (b: Buffer, off: number) => (b.writeBigUInt64LE(BigInt(1e9), off), b.writeUInt32LE(0, off + 20))],
+  ])("%s", async (_what, edit) => {
+    const img = editLog((b) => edit(b, HEADER_SIZE + (decodeHeader(b).count - 1) * ENTRY_SIZE));
     await expectRolledForward(small.after, img);
   });
 
@@ -281,6 +296,7 @@ describe("tsdm bow-restore CLI", () => {
     expect(fs.readFileSync(f).equals(small.after)).toBe(true);
     r = await tsdmInProcess(["--limit", "5", f]);
     expect(r.status).toBe(3);
+    expect(r.stdout).toMatch(/stopped after 5 entries \(--limit\); block 0 is marked WOB, run again to resume/);
     r = await tsdmInProcess(["--check", f]);
     expect(r.stdout).toMatch(/interrupted restore is pending/);
     r = await tsdmInProcess([f]);
@@ -300,6 +316,13 @@ describe("tsdm bow-restore CLI", () => {
     r = await tsdmInProcess([f]);
     expect(r.status).toBe(2);
     expect(r.stdout).toMatch(/rolled forward/);
+    // A limit that reaches the last entry is a finished restore: exit 0, no "run again".
+    fs.writeFileSync(f, small.after);
+    const total = ((await restoreMem(small.after)).result as { entries: number }).entries;
+    r = await tsdmInProcess(["--limit", String(total), f]);
+    expect(r.status, r.stdout).toBe(0);
+    expect(r.stdout).toMatch(new RegExp(`^${f}: restored the checkpoint: ${total} log entries, \\d+ bytes written back\n$`));
+    expect(fs.readFileSync(f).equals(reference)).toBe(true);
     r = await tsdmInProcess([path.join(tmp.dir, "missing")]);
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/cannot open/);

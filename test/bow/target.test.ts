@@ -4,7 +4,7 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { DeviceRegistry } from "../../daemon/device/registry.js";
 import type { MappedDevice } from "../../daemon/device/mapped-device.js";
 import type { Sector } from "../../daemon/core/units.js";
-import { MAGIC_BOW, crc32Raw, decodeEntry, decodeHeader, HEADER_SIZE } from "../../daemon/targets/bow/format.js";
+import { MAGIC_BOW, MAX_ENTRY_BYTES, crc32Raw, decodeEntry, decodeHeader, HEADER_SIZE } from "../../daemon/targets/bow/format.js";
 import { makeFile, makeRegistry, tempDir } from "../helpers/registry.js";
 import { DmError } from "../../daemon/core/errors.js";
 import type { Bio } from "../../daemon/io/bio.js";
@@ -12,6 +12,9 @@ import type { BlockDevice } from "../../daemon/io/block-device.js";
 import { FileDevice } from "../../daemon/io/file-device.js";
 import type { TargetContext } from "../../daemon/targets/target.js";
 import { bowTarget } from "../../daemon/targets/bow/index.js";
+import { restoreCheckpoint } from "../../daemon/targets/bow/restore.js";
+import { MemBlockDevice, contextFor, settle } from "./mem-device.js";
+import { MemRawDevice } from "./workload.js";
 import { createBow, discard, expectDmError, free, pattern, ranges, read, readFileRange, restoreFile, setState, state, write } from "./helpers.js";
 
 const S = (n: number) => n as Sector;
@@ -212,6 +215,18 @@ describe("bow: entering state 1", () => {
     expect(await ranges(dev)).toEqual(["Sector0: 0", "Backup: 1", "Changed: 2", "Sector0_current: 3", "Backup: 4", "Unchanged: 5", "Top: 4096"]);
   });
 
+  it.each([
+    ["a Free range split by a state-0 write: the piece below is used first", [["discard", 10, 10], ["discard", 30, 10], ["write", 15, 1]], 10],
+    ["a discard merging with the Free range before it: that range keeps its place", [["discard", 10, 2], ["discard", 30, 10], ["discard", 12, 2]], 30],
+  ] as const)("the kernel's free-list order: %s", async (_what, ios, live) => {
+    const dev = await createBow(reg, "b", sectorFile(), 4096);
+    for (const [op, sector, n] of ios) await (op === "write" ? write(dev, sector, pattern(n, 1)) : discard(dev, sector, n));
+    await setState(dev, "1");
+    const map = await ranges(dev);
+    expect(map).toContain(`Sector0_current: ${live}`);
+    expect(map).toContain(`Backup: ${live + 1}`);
+  });
+
   it("F7: a head free extent of exactly one block becomes the live copy of block 0 and is never reused", async () => {
     const f = sectorFile();
     const dev = await createBow(reg, "b", f, 4096);
@@ -279,6 +294,7 @@ describe("bow: sector 0 in state 1", () => {
     await setState(dev, "2");
     expect(readFileRange(f, 0, 4).equals(pattern(4, 2))).toBe(true);
     expect(decodeHeader(readFileRange(f, 0, 1)).magic).not.toBe(MAGIC_BOW);
+    await reg.remove(dev); // a restore refuses an image a bow device still uses
     expect((await restoreFile(f)).kind).toBe("no-magic");
   });
 
@@ -390,6 +406,24 @@ describe("bow: backup-on-write", () => {
       if (!isFree) expect(now.compare(orig, s * 512, s * 512 + 512, s * 512, s * 512 + 512), `sector ${s}`).toBe(0);
     }
     expect(now.subarray(0, 512).equals(orig.subarray(0, 512))).toBe(true);
+  });
+
+  it("a backup larger than MAX_ENTRY_BYTES is logged in pieces of at most that, and rolls back", async () => {
+    const f = makeFile(tmp.dir, "big", 40 << 20, "pattern");
+    const orig = fs.readFileSync(f);
+    const dev = await createBow(reg, "b", f, 81920, "1 block_size:4096");
+    await discard(dev, 40960, 40960); // the second 20 MiB
+    await setState(dev, "1");
+    const zeroes = MAX_ENTRY_BYTES + (2 << 20);
+    await dev.submit({ op: "write_zeroes", sector: S(2048), count: S(zeroes / 512), fua: false });
+    const log = readFileRange(f, 0, 8);
+    const h = decodeHeader(log);
+    const sizes = Array.from({ length: h.count }, (_, i) => decodeEntry(log, HEADER_SIZE, i).size);
+    expect(sizes).toEqual([4096, MAX_ENTRY_BYTES, 2 << 20]);
+    expect((await read(dev, 2048, zeroes / 512)).equals(Buffer.alloc(zeroes))).toBe(true);
+    await reg.remove(dev);
+    expect(await restoreFile(f)).toMatchObject({ kind: "restored", entries: 3 });
+    expect(fs.readFileSync(f).subarray(0, 40960 * 512).equals(orig.subarray(0, 40960 * 512))).toBe(true);
   });
 
   it("a write into the middle of a Free range needs no backup and splits it", async () => {
@@ -559,6 +593,51 @@ describe("bow: I/O errors", () => {
     }
     expect(await restoreFile(f)).toMatchObject({ kind: "restored", entries: 1 });
     expect(fs.readFileSync(f).subarray(0, 1000 * 512).equals(orig.subarray(0, 1000 * 512))).toBe(true);
+  });
+
+  it("a failed backup copy frees its space only once the bio's other copies have stopped writing", async () => {
+    const init = Buffer.alloc(4096 * 512);
+    for (let i = 0; i < 4096; i++) pattern(1, 7000 + i).copy(init, i * 512);
+    let fail44 = true;
+    let open50!: () => void;
+    let reached50!: () => void;
+    const held50 = new Promise<void>((r) => (open50 = r));
+    const at50 = new Promise<void>((r) => (reached50 = r));
+    let hold50: Promise<void> | undefined = held50;
+    // The first write to block 44 fails; the first write to block 50 waits for open50().
+    const mem = new MemBlockDevice(Buffer.from(init), (b) => {
+      if (b.op === "write" && b.sector === 44 && fail44) {
+        fail44 = false;
+        return Promise.reject(new DmError("EIO", "injected write error"));
+      }
+      if (b.op === "write" && b.sector === 50 && hold50) {
+        const h = hold50;
+        hold50 = undefined;
+        reached50();
+        return h;
+      }
+      return undefined;
+    });
+    const t = await bowTarget.construct(contextFor(mem), ["mem"], S(4096));
+    // Free list, head first: [100,102) (taken by 0→1), [44,45), [50,52), [200,210).
+    for (const [a, n] of [[200, 10], [50, 2], [44, 1], [100, 2]] as const) await t.map(bio("discard", a, undefined, n));
+    await t.message!(["state", "1"]);
+    const failed = t.map(bio("write", 10, pattern(2, 1))).catch((e: unknown) => e); // backups 10→44 (fails), 11→50 (held)
+    await at50;
+    await settle();
+    const w = pattern(2, 2);
+    await t.map(bio("write", 20, w)); // must not back up into 44 or 50 while the failed bio's copy may still land there
+    open50();
+    expect(await failed).toMatchObject({ errno: "EIO" });
+    const back = bio("read", 10, Buffer.alloc(12 * 512));
+    await t.map(back);
+    expect(back.data!.subarray(0, 1024).equals(init.subarray(10 * 512, 12 * 512))).toBe(true);
+    expect(back.data!.subarray(10 * 512).equals(w)).toBe(true);
+    await t.destroy();
+    expect((await restoreCheckpoint(new MemRawDevice(mem.image))).kind).toBe("restored");
+    const free = new Set([44, 50, 51, 100, 101, ...Array.from({ length: 10 }, (_, i) => 200 + i)]);
+    const inUse = Array.from({ length: 4096 }, (_, b) => b).filter((b) => !free.has(b));
+    expect(inUse.find((b) => !mem.image.subarray(b * 512, b * 512 + 512).equals(init.subarray(b * 512, b * 512 + 512)))).toBeUndefined();
   });
 
   it("a failed log write stops all later writes (EIO) instead of writing past an unknown log", async () => {

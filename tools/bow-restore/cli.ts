@@ -1,7 +1,7 @@
 import fs from "node:fs";
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import cliProgress from "cli-progress";
-import { FileRawDevice, type StepHook } from "./raw-device.js";
+import { FileRawDevice, ImageBusyError, type StepHook } from "./raw-device.js";
 import { restoreCheckpoint, type RestoreResult } from "../../daemon/targets/bow/restore.js";
 
 /**
@@ -10,7 +10,7 @@ import { restoreCheckpoint, type RestoreResult } from "../../daemon/targets/bow/
  * anything else) uses it.
  *
  * Exit codes: 0 restored, resumed, nothing to do, or (--check) a valid log; 2 the log failed validation and
- * the device was rolled forward (--check: would be); 3 stopped by --limit; 1 error.
+ * the device was rolled forward (--check: would be); 3 stopped by --limit with entries left; 1 error.
  */
 export const EXIT = { OK: 0, ERROR: 1, ROLLED_FORWARD: 2, LIMIT: 3 } as const;
 
@@ -26,7 +26,8 @@ export async function run(argv: string[]): Promise<number> {
     .addHelpText(
       "after",
       "\nExit status: 0 restored or nothing to do, 2 log invalid so the device was rolled forward (its post-checkpoint\n" +
-        "state kept), 3 stopped by --limit, 1 error. An interrupted restore resumes when run again.\n",
+        "state kept), 3 stopped by --limit with entries left, 1 error. An interrupted restore resumes when run\n" +
+        "again.\n",
     )
     .exitOverride()
     .configureOutput({ writeOut: (s) => process.stdout.write(s), writeErr: (s) => process.stderr.write(s) });
@@ -45,7 +46,7 @@ export async function run(argv: string[]): Promise<number> {
     dev = await FileRawDevice.open(path, { readOnly: dryRun, step: opts.stepGate ? stepGate() : undefined });
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    const hint = e.code === "EBUSY" ? " (in use: remove the bow device / unmount it first)" : "";
+    const hint = err instanceof ImageBusyError ? "; remove the bow device first" : e.code === "EBUSY" ? " (in use: remove the bow device / unmount it first)" : "";
     process.stderr.write(`tsdm bow-restore: cannot open ${path}: ${e.message}${hint}\n`);
     return EXIT.ERROR;
   }

@@ -6,6 +6,12 @@ export { ShortReadError, ShortWriteError, type RawDevice };
 /** Observer of every write and sync, in order (the hidden stepping hook used by crash tests). */
 export type StepHook = (what: "write" | "sync", pos: number, length: number) => void;
 
+/** The image is locked (flock) by another process: a bow device in tsdmd using it, or another restore. */
+export class ImageBusyError extends Error {
+  override readonly name = "ImageBusyError";
+  readonly code = "EBUSY";
+}
+
 /** A file or block device, with blocking I/O: the restore runs before anything else uses the device. */
 export class FileRawDevice implements RawDevice {
   private constructor(
@@ -16,8 +22,10 @@ export class FileRawDevice implements RawDevice {
   ) {}
 
   /**
-   * Open a file or block device. A block device is opened O_EXCL, as vold effectively needs: a mounted or
-   * otherwise claimed device (a live bow device above it, a mounted filesystem) is refused with EBUSY.
+   * Open a file or block device, refusing one that something else uses, as vold effectively needs. A block
+   * device is opened O_EXCL: a mounted or otherwise claimed device is refused with EBUSY. A file has no such
+   * claim, so it is locked with flock(LOCK_EX | LOCK_NB), which fails while tsdmd holds a bow device on it
+   * (the bow target keeps a shared flock on its image) or another restore runs: ImageBusyError.
    */
   static async open(path: string, opts: { readOnly: boolean; step?: StepHook }): Promise<FileRawDevice> {
     const st = fs.statSync(path);
@@ -26,11 +34,10 @@ export class FileRawDevice implements RawDevice {
     if (st.isBlockDevice()) flags |= fs.constants.O_EXCL;
     const fd = fs.openSync(path, flags);
     try {
+      const { native } = await import("../../daemon/io/native.js");
       let size = st.size;
-      if (st.isBlockDevice()) {
-        const { native } = await import("../../daemon/io/native.js");
-        size = Number(native.blkGetSize64(fd));
-      }
+      if (st.isBlockDevice()) size = Number(native.blkGetSize64(fd));
+      else if (!native.tryFlock(fd, true)) throw new ImageBusyError("locked by another process (a bow device in tsdmd, or another bow-restore)");
       return new FileRawDevice(path, fd, size, opts.step);
     } catch (err) {
       fs.closeSync(fd);

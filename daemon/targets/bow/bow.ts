@@ -4,7 +4,7 @@ import { DmError } from "../../core/errors.js";
 import type { Sector } from "../../core/units.js";
 import type { Target, TargetContext, TargetType } from "../target.js";
 import { invalid } from "../args.js";
-import { MAGIC_BOW, MAGIC_WOB, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, checksumSeed, crc32Raw, isPowerOfTwo, type LogEntry } from "./format.js";
+import { MAGIC_BOW, MAGIC_WOB, MAX_BLOCK_SIZE, MAX_ENTRY_BYTES, MIN_BLOCK_SIZE, checksumSeed, crc32Raw, isPowerOfTwo, type LogEntry } from "./format.js";
 import { RangeMap, type RangeType } from "./range-map.js";
 import { RangeLocks, type Interval, type LockHolder } from "./range-locks.js";
 import { FlushCoalescer } from "./flusher.js";
@@ -12,6 +12,8 @@ import { BowLog } from "./log.js";
 import { StateGate } from "./gate.js";
 import { restoreCheckpoint, type RestoreResult } from "./restore.js";
 import { BlockDeviceRaw } from "./block-device-raw.js";
+import { ImageLock } from "./image-lock.js";
+import { FileDevice } from "../../io/file-device.js";
 
 /**
  * Android dm-bow 1.2.0 ("backup on write"): `bow <dev> [1 block_size:N]`.
@@ -58,8 +60,15 @@ export const bowTarget: TargetType = {
     const spb = blockSize / 512;
     if (length % spb !== 0) throw invalid(`Target length ${length} is not a multiple of the block size (${spb} sectors)`);
     if (length > dev.size) throw invalid(`Device ${args[0]} too small for target: len=${length}, dev_size=${dev.size}`);
-    await checkForLog(ctx, dev, args[0]!, blockSize);
-    return new BowTarget(ctx, dev, args.slice(), blockSize, length);
+    // Before the log check: a restore started meanwhile must not run beside the one checkForLog may do.
+    const lock = dev instanceof FileDevice && !dev.isBlockDevice ? ImageLock.shared(dev.path) : undefined;
+    try {
+      await checkForLog(ctx, dev, args[0]!, blockSize);
+      return new BowTarget(ctx, dev, args.slice(), blockSize, length, lock);
+    } catch (err) {
+      lock?.release();
+      throw err;
+    }
   },
 };
 
@@ -131,6 +140,8 @@ export class BowTarget implements Target {
     private readonly args: string[],
     readonly blockSize: number,
     length: Sector,
+    /** Keeps `tsdm bow-restore` off the image file while this target exists. */
+    private readonly lock?: ImageLock,
   ) {
     this.spb = blockSize / 512;
     this.blocks = length / this.spb;
@@ -224,7 +235,12 @@ export class BowTarget implements Target {
     try {
       let entries: LogEntry[];
       try {
-        entries = await Promise.all(plan.backups.map((bk) => this.copy(bk)));
+        // Wait for every copy even when one fails: undo() frees their destinations, which must not be
+        // handed out as backup space while a sibling copy can still land there.
+        const copies = await Promise.allSettled(plan.backups.map((bk) => this.copy(bk)));
+        const failed = copies.find((c) => c.status === "rejected");
+        if (failed) throw failed.reason;
+        entries = copies.map((c) => (c as PromiseFulfilledResult<LogEntry>).value);
         if (entries.length > 0) await this.flusher.flush();
       } catch (err) {
         this.undo(plan);
@@ -273,7 +289,7 @@ export class BowTarget implements Target {
           case "Sector0_current": {
             const s0c = p.type === "Sector0_current";
             for (let src = p.start; src < p.end; ) {
-              const f = this.ranges.peekFree(p.end - src);
+              const f = this.ranges.peekFree(Math.min(p.end - src, MAX_ENTRY_BYTES / this.blockSize)); // one entry each
               if (!f) throw new DmError("ENOSPC", "bow: no free space left for a backup");
               const n = f.end - f.start;
               set(f.start, f.end, s0c ? "Sector0_current" : "Backup", "Free");
@@ -426,6 +442,16 @@ export class BowTarget implements Target {
   // ---- control and status ----
 
   async message(argv: readonly string[]): Promise<string | void> {
+    try {
+      return await this.control(argv);
+    } catch (err) {
+      // The kernel's DMERR: the reason goes to the daemon log; dmsetup's caller sees only the errno.
+      this.ctx.log("error", (err as Error).message);
+      throw err;
+    }
+  }
+
+  private async control(argv: readonly string[]): Promise<string | void> {
     const [cmd, ...rest] = argv;
     switch (cmd) {
       case "state":
@@ -458,5 +484,6 @@ export class BowTarget implements Target {
 
   async destroy(): Promise<void> {
     // Nothing is written: in state 1 the log stays on disk so the next restore rolls back (as the kernel).
+    this.lock?.release();
   }
 }

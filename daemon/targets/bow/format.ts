@@ -23,6 +23,12 @@ export const HEADER_SIZE = 28;
 export const ENTRY_SIZE = 24;
 export const MIN_BLOCK_SIZE = 512;
 export const MAX_BLOCK_SIZE = 4096;
+/**
+ * Largest backup one log entry describes; bigger backups are logged in pieces. vold rejects an entry whose
+ * size + block_size overflows u32 (and then rolls forward instead of back), and reads each entry whole into
+ * memory when restoring: a fixed 16 MiB is far from that limit at every block size and keeps restores small.
+ */
+export const MAX_ENTRY_BYTES = 16 << 20;
 
 export interface LogHeader {
   magic: number;
@@ -92,6 +98,10 @@ export function decodeEntry(buf: Buffer, headerSize: number, index: number): Log
 }
 
 export function encodeEntry(e: LogEntry, into: Buffer, index: number): void {
+  // Never write an entry a restore would reject (size is u32 on disk: larger values would also be cut).
+  if (!Number.isSafeInteger(e.size) || e.size < MIN_BLOCK_SIZE || e.size % 512 !== 0 || e.size > MAX_ENTRY_BYTES) {
+    throw new RangeError(`bow: log entry size ${e.size} is not whole sectors from ${MIN_BLOCK_SIZE} to ${MAX_ENTRY_BYTES} bytes`);
+  }
   const off = HEADER_SIZE + index * ENTRY_SIZE;
   into.writeBigUInt64LE(BigInt(e.source), off);
   into.writeBigUInt64LE(BigInt(e.dest), off + 8);

@@ -28,6 +28,9 @@ const overlaps = (x: readonly Interval[], y: readonly Interval[]): boolean =>
 export class RangeLocks {
   private readonly held = new Set<LockHolder>();
   private waiters: Waiter[] = [];
+  /** A grant pass is running (its callbacks may release, which must not start a nested pass). */
+  private granting = false;
+  private rescan = false;
 
   /** Wait for `intervals`, then run `onGrant` synchronously while holding them; resolves with its result. */
   acquire<T>(intervals: Interval[], onGrant: (holder: LockHolder) => T): Promise<T> {
@@ -41,8 +44,8 @@ export class RangeLocks {
           reject(err);
         }
       };
-      if (!this.conflicts(holder, this.waiters.length)) grant();
-      else this.waiters.push({ holder, grant });
+      if (!this.granting && !this.conflicts(holder, this.waiters.length)) grant();
+      else this.waiters.push({ holder, grant }); // during a grant pass, that pass looks at it in turn
     });
   }
 
@@ -60,20 +63,35 @@ export class RangeLocks {
 
   release(holder: LockHolder): void {
     if (!this.held.delete(holder)) return;
-    if (this.waiters.length === 0) return;
-    const still: Waiter[] = [];
-    const granted: Waiter[] = [];
-    for (const w of this.waiters) {
-      if (this.heldConflict(w.holder) || still.some((s) => overlaps(s.holder.intervals, w.holder.intervals))) still.push(w);
-      else {
-        this.held.add(w.holder); // reserve now so later waiters in this scan see it
-        granted.push(w);
-      }
+    this.grantWaiters();
+  }
+
+  /**
+   * Grant waiters in FIFO order, one at a time. A grant's callback may take more space (`extend`, `take`),
+   * so each waiter is checked against the locks as the grants before it left them; checking them all first
+   * and granting together would let a later waiter write where an earlier one just put its backup.
+   * Callbacks may release (a retry, a failed plan): that is picked up by scanning again.
+   */
+  private grantWaiters(): void {
+    if (this.granting) {
+      this.rescan = true;
+      return;
     }
-    this.waiters = still;
-    for (const w of granted) {
-      this.held.delete(w.holder);
-      w.grant();
+    this.granting = true;
+    try {
+      do {
+        this.rescan = false;
+        for (let i = 0; i < this.waiters.length; ) {
+          const w = this.waiters[i]!;
+          if (this.conflicts(w.holder, i)) i++;
+          else {
+            this.waiters.splice(i, 1);
+            w.grant();
+          }
+        }
+      } while (this.rescan);
+    } finally {
+      this.granting = false;
     }
   }
 

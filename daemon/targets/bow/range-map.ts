@@ -106,8 +106,11 @@ export class RangeMap {
   }
 
   /**
-   * Give [a, b) the type `type`, then merge with equal neighbours. A newly Free range goes to the head of the
-   * free list; a Free range split by the assignment keeps its place (the kernel's split_range + set_type).
+   * Give [a, b) the type `type`, then merge with equal neighbours. The free list changes as the kernel's
+   * split_range + set_type change it (so the same I/O puts backups and the live block 0 in the same blocks):
+   * a Free range split at a block puts the piece below at the head of the list and leaves the piece above in
+   * its place; a newly Free range goes to the head, unless it merges with the Free range before it, which
+   * keeps its place.
    */
   assign(a: number, b: number, type: RangeType): void {
     if (!(a >= 0 && b <= this.blocks && a < b)) throw new RangeError(`bad range [${a}, ${b}) of ${this.blocks}`);
@@ -135,10 +138,6 @@ export class RangeMap {
       if (first.onFreeList) this.unlinkFree(first);
       this.remove(first);
       keep = prev;
-      if (type === "Free") {
-        this.unlinkFree(keep);
-        this.pushFree(keep);
-      }
     }
     const next = keep.forward[0]!;
     if (next !== this.top && next.type === type) {
@@ -229,12 +228,9 @@ export class RangeMap {
     n.forward[0]!.prev = n;
     this.rangeCount++;
     if (at.type === "Free") {
-      // The upper piece sits right behind the lower one on the free list.
-      n.onFreeList = true;
-      n.freePrev = at;
-      n.freeNext = at.freeNext;
-      if (at.freeNext) at.freeNext.freePrev = n;
-      at.freeNext = n;
+      // split_range: the upper piece takes the range's place on the free list, the lower one goes to the head.
+      this.replaceFree(at, n);
+      this.pushFree(at);
     }
     return n;
   }
@@ -255,6 +251,18 @@ export class RangeMap {
     n.freeNext = this.freeHead;
     if (this.freeHead) this.freeHead.freePrev = n;
     this.freeHead = n;
+  }
+
+  /** Put `n` where `old` is on the free list, and take `old` off it. */
+  private replaceFree(old: Node, n: Node): void {
+    n.onFreeList = true;
+    n.freePrev = old.freePrev;
+    n.freeNext = old.freeNext;
+    if (n.freePrev) n.freePrev.freeNext = n;
+    else this.freeHead = n;
+    if (n.freeNext) n.freeNext.freePrev = n;
+    old.freePrev = old.freeNext = null;
+    old.onFreeList = false;
   }
 
   private unlinkFree(n: Node): void {

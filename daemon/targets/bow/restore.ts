@@ -40,7 +40,10 @@ export type RestoreResult =
   | { kind: "checked-resume"; sequence: number; count: number; blockSize: number };
 
 export interface RestoreOptions {
-  /** Stop with kind "limit" after this many entries (vold's restore_limit; 0 or absent = no limit). */
+  /**
+   * Stop with kind "limit" after this many entries (vold's restore_limit; 0 or absent = no limit). A limit
+   * reached at the very last entry is a finished restore (kind "restored"): nothing is left to resume.
+   */
   limit?: number;
   /** Validate and report only; nothing is written. */
   dryRun?: boolean;
@@ -171,7 +174,9 @@ class Walk {
     this.restored++;
     this.total = Math.max(this.total, this.restored);
     this.opts.onProgress?.(this.restored, this.total);
-    if (this.opts.limit && this.restored >= this.opts.limit) {
+    // Entry 0 of sequence 0 put the original block 0 back: the restore is complete, whatever the limit says.
+    const finished = seq === 0 && i === 0;
+    if (this.opts.limit && this.restored >= this.opts.limit && !finished) {
       // Unlike vold (which redoes entry i on the next run), record that entry i is done, so that repeated
       // limited runs make progress. Entry 0 needs nothing: block 0 already holds the previous sector.
       if (i > 0) {
