@@ -1,3 +1,4 @@
+import fs from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { ROOT, run } from "../helpers/daemon.js";
@@ -9,8 +10,12 @@ import { ROOT, run } from "../helpers/daemon.js";
  */
 const enabled = process.getuid?.() === 0 && process.env.TSDM_KVM_TESTS !== "0";
 
+/** The harness: $KVM_TOOLS, else ../shared/tools/kvm next to the checkout (where the workplace puts it). */
+const KVM_TOOLS = process.env.KVM_TOOLS ?? path.resolve(ROOT, "..", "shared", "tools", "kvm");
+
 async function script(rel: string, env: NodeJS.ProcessEnv = {}): Promise<string> {
-  const r = await run("bash", [path.join(ROOT, rel)], { env, timeoutMs: 600_000 });
+  expect(fs.existsSync(path.join(KVM_TOOLS, "run-guest.sh")), `kernel VM harness not found at ${KVM_TOOLS} (set KVM_TOOLS, or TSDM_KVM_TESTS=0 to leave these out)`).toBe(true);
+  const r = await run("bash", [path.join(ROOT, rel)], { env: { KVM_TOOLS, ...env }, timeoutMs: 600_000 });
   expect(r.code, `${rel} failed:\n${r.stdout}\n${r.stderr}`).toBe(0);
   return r.stdout + r.stderr;
 }

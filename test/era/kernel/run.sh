@@ -4,7 +4,7 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../../.." && pwd)"
-KVM="${KVM_HARNESS:-$ROOT/../shared/tools/kvm}"
+KVM="${KVM_TOOLS:-$ROOT/../shared/tools/kvm}"
 OUT="${1:-$(mktemp -d /tmp/tsdm-era-kernel.XXXXXX)}"
 mkdir -p "$OUT"
 cd "$ROOT"
