@@ -1,12 +1,12 @@
 #!/bin/bash
-# bench-fuse-loop.sh [SECONDS] - fio on the fallback attach stack (nbdfuse + loop, direct I/O), tsdmd vs nbdkit.
+# bench/attach-fuse-loop.sh [SECONDS] - fio on the fallback attach stack (nbdfuse + loop, direct I/O), tsdmd vs nbdkit.
 #   A: tsdmd --attach fuse, device `bench` = linear over a 256 MiB file  -> /dev/mapper/bench
 #   B: nbdkit file plugin on an identical file, the same nbdfuse -C 4 + losetup --direct-io=on stack -> /dev/loopN
 # Both files live in the same directory (BENCH_DIR, default a new dir under /var/tmp). Root only.
 # Workloads (libaio, direct): randread/randwrite 4k QD16, read/write 1M QD16; targets alternate per workload.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$HERE/../.." && pwd)"
+REPO="$(cd "$HERE/.." && pwd)"
 SECS="${1:-6}"
 DIR="${BENCH_DIR:-$(mktemp -d /var/tmp/tsdm-bench.XXXXXX)}"
 mkdir -p "$DIR/dev" "$DIR/kit-mnt"
