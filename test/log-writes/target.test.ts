@@ -2,7 +2,9 @@ import fs from "node:fs";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { DmError } from "../../daemon/core/errors.js";
 import type { DeviceRegistry } from "../../daemon/device/registry.js";
+import type { BlockDevice } from "../../daemon/io/block-device.js";
 import { FileDevice } from "../../daemon/io/file-device.js";
+import { LogWritesTarget } from "../../daemon/targets/log-writes/target.js";
 import { makeFile, makeRegistry, tempDir } from "../helpers/registry.js";
 import { GatedDevice, S, constructOn, describeEntries, discard, fill, flush, readLog, superNrEntries, until, write } from "./helpers.js";
 
@@ -324,5 +326,53 @@ describe("suspend and read-only tables", () => {
     await expect(dev.submit(write(0, fill(1, 1)))).rejects.toThrow();
     await reg.remove(dev);
     expect(fs.readFileSync(log).every((b) => b === 0)).toBe(true);
+  });
+});
+
+describe("memory bounds (beyond the kernel, which holds everything)", () => {
+  const direct = (data: BlockDevice, logDev: BlockDevice, memory: { heldBytes: number; pendingBytes: number }) =>
+    new LogWritesTarget({
+      dev: data,
+      logDev,
+      sectorSize: 512,
+      explicitSectorSize: false,
+      start: S(0),
+      readOnly: false,
+      memory,
+      ctx: { deviceName: "lw-mem", readOnly: false, start: S(0), openDevice: () => Promise.reject(new Error("unused")), raiseEvent: () => undefined, log: () => undefined },
+    });
+
+  it("writes held without a flush beyond the bound are logged early, in completion order, still before the flush", async () => {
+    const data = FileDevice.open(makeFile(tmp.dir, "data", 1 << 20), false);
+    const logPath = makeFile(tmp.dir, "log", 4 << 20);
+    const logDev = FileDevice.open(logPath, false);
+    const target = direct(data, logDev, { heldBytes: 16 << 10, pendingBytes: 1 << 30 });
+    // 40 writes of 1 KiB: every 17 pass the 16 KiB bound and are logged with no flush in sight; 6 stay held.
+    for (let i = 0; i < 40; i++) await target.map(write(i * 2, fill(2, i + 1)));
+    await until(() => target.status("info").startsWith("34 "));
+    await target.map(flush());
+    await target.destroy();
+    await Promise.all([data.close(), logDev.close()]);
+    const entries = describeEntries(readLog(logPath));
+    expect(entries).toEqual([...Array.from({ length: 40 }, (_, i) => `w${i * 2}+2`), "flush", "mark:dm-log-writes-end"]);
+  });
+
+  it("a log device that falls behind slows writers down instead of queueing without bound", async () => {
+    const data = FileDevice.open(makeFile(tmp.dir, "data", 1 << 20), false);
+    const logPath = makeFile(tmp.dir, "log", 4 << 20);
+    const gatedLog = new GatedDevice(FileDevice.open(logPath, false));
+    const target = direct(data, gatedLog, { heldBytes: 4 << 10, pendingBytes: 8 << 10 });
+    // FUA writes go to the queue at once; the log device takes nothing until released.
+    let done = 0;
+    const writes = Array.from({ length: 32 }, (_, i) => target.map(write(i * 2, fill(2, i + 1), true)).then(() => done++));
+    await new Promise((r) => setTimeout(r, 50));
+    // 8 KiB of payload may be pending: 8 writes in, one more handed to the (stuck) log device; the rest wait.
+    expect(done).toBeLessThanOrEqual(9);
+    expect(done).toBeGreaterThan(0);
+    for (let i = 0; i < 200 && done < 32; i++) {
+      await gatedLog.complete(i);
+    }
+    await Promise.all(writes);
+    expect(done).toBe(32);
   });
 });

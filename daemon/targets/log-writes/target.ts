@@ -42,6 +42,17 @@ const BATCH_BYTES = 1 << 20;
  * of every log sector size the target allows.
  */
 const ZERO_CHUNK_BYTES = 1 << 20;
+/**
+ * Memory bounds (the kernel has none: it holds every unflushed write's pages until a flush comes, and queues
+ * entries as fast as bios complete). Payload copies the target holds (writes in flight to the data device,
+ * held for a flush, or queued for the log device) are bounded by MAX_PENDING_BYTES: beyond it new writes wait
+ * before they are submitted, so a log device that falls behind slows writers down. Beyond MAX_HELD_BYTES of
+ * completed, unflushed writes, they are logged early, in completion order, as the next flush would have
+ * logged them: still before that flush's entry, only possibly ahead of a later FUA write or mark. (Held is
+ * part of pending and smaller than it, so waiting writers always get room: the logger drains the rest.)
+ */
+const MAX_HELD_BYTES = 256 << 20;
+const MAX_PENDING_BYTES = 512 << 20;
 /** The payload of every write-zeroes entry (views of it): never written to. */
 const ZEROES = Buffer.alloc(ZERO_CHUNK_BYTES);
 
@@ -50,6 +61,8 @@ interface PendingBlock {
   readonly header: LogEntryHeader;
   /** The payload (copied at submit time); absent for flush, discard and mark entries. */
   readonly data?: Buffer;
+  /** Bytes of `data` this block owns (0 for the shared zero buffer), counted in pendingBytes. */
+  readonly charge?: number;
 }
 
 export interface LogWritesConfig {
@@ -64,6 +77,8 @@ export interface LogWritesConfig {
   readonly ctx: TargetContext;
   /** A read-only table never writes to the log (not even the end mark). */
   readonly readOnly: boolean;
+  /** Memory bounds (default MAX_HELD_BYTES / MAX_PENDING_BYTES; held must be below pending); tests set small ones. */
+  readonly memory?: { readonly heldBytes: number; readonly pendingBytes: number };
   /**
    * Brought back by a daemon restart: the first resume logs RESTART_MARK before any I/O, whether the log is
    * continued (continueLog) or, having no valid super yet, started anew. After a kill -9, writes that reached the
@@ -84,6 +99,8 @@ export class LogWritesTarget implements Target {
   /** Size of the log device in 512-byte sectors (the kernel's end_sector). */
   private readonly logEnd: number;
   private readonly readOnly: boolean;
+  private readonly maxHeldBytes: number;
+  private readonly maxPendingBytes: number;
 
   private loggingEnabled = true;
   /** Where the next entry goes, in 512-byte sectors of the log device (starts after the super block). */
@@ -91,8 +108,14 @@ export class LogWritesTarget implements Target {
   private loggedEntries = 0;
   /** Completed plain writes and discards not yet covered by a completed flush, in completion order. */
   private unflushed: PendingBlock[] = [];
+  /** Payload bytes in `unflushed`. */
+  private heldBytes = 0;
+  private warnedHeld = false;
   /** Blocks ready to be written to the log, in order. */
   private readonly queue = new Fifo<PendingBlock>();
+  /** Payload copies held by this target (see MAX_PENDING_BYTES), and writers waiting for room. */
+  private pendingBytes = 0;
+  private roomWaiters: (() => void)[] = [];
   private logger: Promise<void> | undefined;
   /** Entry writes submitted to the log device and not yet complete. */
   private readonly inflightWrites = new Set<Promise<void>>();
@@ -111,6 +134,9 @@ export class LogWritesTarget implements Target {
     this.ctx = cfg.ctx;
     this.logEnd = cfg.logDev.size;
     this.readOnly = cfg.readOnly;
+    this.maxHeldBytes = cfg.memory?.heldBytes ?? MAX_HELD_BYTES;
+    this.maxPendingBytes = cfg.memory?.pendingBytes ?? MAX_PENDING_BYTES;
+    if (this.maxHeldBytes >= this.maxPendingBytes) throw new RangeError("log-writes: held bytes must stay below pending bytes");
     this.nextSector = this.unitSectors;
     this.restartMarkDue = (cfg.restored ?? false) && !cfg.readOnly;
   }
@@ -142,8 +168,7 @@ export class LogWritesTarget implements Target {
     if (!this.loggingEnabled || bio.op === "read") return this.dev.submit(down);
     if (bio.op === "flush") {
       // An empty PREFLUSH owns every write that completed before it was submitted.
-      const batch = this.unflushed;
-      this.unflushed = [];
+      const batch = this.takeUnflushed();
       const block: PendingBlock = { header: { sector: logBlocks(0), nrSectors: logBlocks(0), flags: LogFlag.FLUSH, dataLen: 0 } };
       try {
         await this.dev.submit(down);
@@ -157,13 +182,17 @@ export class LogWritesTarget implements Target {
     if (sector % this.unitSectors !== 0 || bio.count % this.unitSectors !== 0) {
       throw new DmError("EINVAL", `log-writes: I/O at sector ${sector} length ${bio.count} is not aligned to the ${this.sectorSize}-byte log sector size`);
     }
+    if (bio.op === "write") {
+      while (this.pendingBytes >= this.maxPendingBytes) await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
+      this.pendingBytes += bio.data!.length;
+    }
     const fua = bio.fua ? LogFlag.FUA : 0;
     const blocks: PendingBlock[] =
       bio.op === "write_zeroes"
         ? this.zeroBlocks(sector, bio.count, fua)
         : bio.op === "discard"
           ? [this.block(sector, bio.count, fua | LogFlag.DISCARD)]
-          : [this.block(sector, bio.count, fua, Buffer.from(bio.data!))]; // copied at submit time, as the kernel does
+          : [this.block(sector, bio.count, fua, Buffer.from(bio.data!), bio.data!.length)]; // copied at submit time, as the kernel does
     try {
       await this.dev.submit(down);
     } catch (err) {
@@ -176,8 +205,8 @@ export class LogWritesTarget implements Target {
     for (const b of blocks) this.completed(b);
   }
 
-  private block(sector: number, count: number, flags: number, data?: Buffer): PendingBlock {
-    return { header: { sector: logBlocks(sector / this.unitSectors), nrSectors: logBlocks(count / this.unitSectors), flags, dataLen: 0 }, data };
+  private block(sector: number, count: number, flags: number, data?: Buffer, charge = 0): PendingBlock {
+    return { header: { sector: logBlocks(sector / this.unitSectors), nrSectors: logBlocks(count / this.unitSectors), flags, dataLen: 0 }, data, charge };
   }
 
   /** The zero writes the kernel would see for a write-zeroes: ZERO_CHUNK_BYTES each, in ascending order, sharing ZEROES. */
@@ -193,8 +222,23 @@ export class LogWritesTarget implements Target {
 
   /** end_io for a write or discard. */
   private completed(block: PendingBlock): void {
-    if (block.header.flags & LogFlag.FUA) this.enqueue([block]);
-    else this.unflushed.push(block);
+    if (block.header.flags & LogFlag.FUA) return this.enqueue([block]);
+    this.unflushed.push(block);
+    this.heldBytes += block.charge ?? 0;
+    if (this.heldBytes > this.maxHeldBytes) {
+      if (!this.warnedHeld) {
+        this.warnedHeld = true;
+        this.ctx.log("warn", `more than ${this.maxHeldBytes} bytes of writes without a flush: logging them before the flush comes`);
+      }
+      this.enqueue(this.takeUnflushed());
+    }
+  }
+
+  private takeUnflushed(): PendingBlock[] {
+    const batch = this.unflushed;
+    this.unflushed = [];
+    this.heldBytes = 0;
+    return batch;
   }
 
   // ---- status / messages ----
@@ -249,8 +293,10 @@ export class LogWritesTarget implements Target {
       if (batch.length > 0 && bytes + size > BATCH_BYTES) break;
       batch.push(this.queue.shift()!);
       bytes += size;
+      this.pendingBytes -= next.charge ?? 0; // from here the log write owns the payload (bounded: MAX_INFLIGHT_WRITES)
       if (next.header.flags & (LogFlag.FUA | LogFlag.MARK)) break;
     }
+    if (this.pendingBytes < this.maxPendingBytes) for (const w of this.roomWaiters.splice(0)) w();
     return batch;
   }
 
@@ -370,9 +416,7 @@ export class LogWritesTarget implements Target {
   async destroy(opts?: DestroyOptions): Promise<void> {
     if (this.destroyed) return;
     this.destroyed = true;
-    const rest = this.unflushed;
-    this.unflushed = [];
-    this.enqueue(rest);
+    this.enqueue(this.takeUnflushed());
     if (this.readOnly) return this.idle();
     if (!opts?.shutdown) {
       this.mark(END_MARK);
