@@ -52,7 +52,8 @@ const WORKLOADS = {
 };
 
 /**
- * Servers under test. kind "tsdm" runs bench/serve.ts (tsdm's registry + NbdServer in a process of its own);
+ * Servers under test. kind "tsdm" runs bench/serve.ts as compiled to dist/ (tsdm's registry + NbdServer in a
+ * process of its own, the same JavaScript tsdmd runs; `npm run bench` builds first);
  * "command" runs an external server. Every one serves the same backing file over a unix socket.
  */
 const TARGETS = [
@@ -219,7 +220,7 @@ async function startTarget(t, file, sectors, workDir) {
   const sock = path.join(workDir, `${t.name}.sock`);
   let proc;
   if (t.kind === "tsdm") {
-    const args = ["--import", "tsx", path.join(ROOT, "bench/serve.ts"), "--socket", sock];
+    const args = [path.join(ROOT, "dist/bench/serve.js"), "--socket", sock];
     for (const d of t.devices(file, sectors, workDir)) args.push("--device", `${d.name}=${d.table}`);
     const setup = typeof t.setup === "function" ? t.setup(sectors) : (t.setup ?? []);
     for (const s of setup) args.push("--setup", s);

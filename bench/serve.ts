@@ -3,7 +3,9 @@
  * `--device NAME=TABLE` argument, where TABLE is dmsetup table text with lines separated by ";"
  * (e.g. `lin=0 2097152 linear /dev/shm/x 0`). Prints "ready" on stdout once listening; exits on SIGTERM/SIGINT.
  *
- *   node --import tsx bench/serve.ts --socket /tmp/tsdm.sock --device lin="0 2097152 linear /dev/shm/f 0" [--tcp 127.0.0.1:10809]
+ *   npm run build && node dist/bench/serve.js --socket /tmp/tsdm.sock --device lin="0 2097152 linear /dev/shm/f 0" [--tcp 127.0.0.1:10809]
+ * (compiled, so that it runs what tsdmd runs; under tsx, esbuild's keepNames wrappers cost closure-heavy
+ * targets several percent)
  *
  * `--setup NAME=ACTION` (repeatable, run in order once every device exists) prepares a scenario:
  *   discard:<start>:<sectors>   a discard bio (bow: free space for backups in state 0)

@@ -9,7 +9,7 @@ KVM="${KVM_TOOLS:-$ROOT/../shared/tools/kvm}"
 PORT="${1:-10931}"
 WORK="$(mktemp -d /tmp/tsdm-kernel-nbd.XXXXXX)"
 truncate -s 256M "$WORK/disk.img"
-(cd "$ROOT" && exec node --import tsx bench/serve.ts --socket "$WORK/nbd.sock" --tcp "127.0.0.1:$PORT" \
+(cd "$ROOT" && npm run -s build && exec node dist/bench/serve.js --socket "$WORK/nbd.sock" --tcp "127.0.0.1:$PORT" \
   --device "lin=0 524288 linear $WORK/disk.img 0") > "$WORK/serve.out" &
 SERVER=$!
 trap 'kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; rm -rf "$WORK"' EXIT

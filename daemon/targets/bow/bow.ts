@@ -170,7 +170,30 @@ export class BowTarget implements Target {
   map(bio: Bio): Promise<void> {
     if (bio.op === "flush" || bio.count === 0) return this.dev.submit(bio); // F6: zero-length bios pass straight through
     if (this.state === 2) return this.dev.submit(bio);
+    if (this.state === 1 && bio.op !== "read") return this.rewrite(bio) ?? this.gate.run(() => this.mapGated(bio));
     return this.gate.run(() => this.mapGated(bio));
+  }
+
+  /**
+   * State 1, the common case once an update is under way: a write to blocks already changed (backed up before,
+   * or free when the checkpoint was taken) needs no backup and no log entry. It goes straight down once nothing
+   * holds or waits for its blocks (a backup of their old contents may still be reading them). Block 0 and its
+   * live copy always take the full path. Undefined: not this case, take the full path.
+   */
+  private rewrite(bio: Bio): Promise<void> | undefined {
+    const a = Math.floor(bio.sector / this.spb);
+    const b = Math.ceil((bio.sector + bio.count) / this.spb);
+    if (a === 0 || (this.sector0Block >= a && this.sector0Block < b) || this.log?.broken) return undefined;
+    if (this.ranges.anyOtherThan(a, b, "Changed") || !this.gate.tryEnter()) return undefined;
+    const holder = this.locks.tryTake([{ start: a, end: b }]);
+    if (!holder) {
+      this.gate.leave();
+      return undefined;
+    }
+    return this.dev.submit(bio).finally(() => {
+      this.locks.release(holder);
+      this.gate.leave();
+    });
   }
 
   private mapGated(bio: Bio): Promise<void> {

@@ -14,8 +14,20 @@ export class StateGate {
     try {
       return await fn();
     } finally {
-      if (--this.inflight === 0) this.drained?.();
+      this.leave();
     }
+  }
+
+  /** Enter shared without waiting, or false when a state change holds the gate (then use run()). */
+  tryEnter(): boolean {
+    if (this.exclusive) return false;
+    this.inflight++;
+    return true;
+  }
+
+  /** The end of a bio entered with tryEnter() (run() leaves by itself). */
+  leave(): void {
+    if (--this.inflight === 0) this.drained?.();
   }
 
   /** Run `fn` with no bio in flight; bios arriving meanwhile wait. State changes are serialised too. */

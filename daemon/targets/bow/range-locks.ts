@@ -54,6 +54,14 @@ export class RangeLocks {
     holder.intervals.push(interval);
   }
 
+  /** Take `intervals` now if nothing holds or waits for any of them, else undefined (then use acquire()). */
+  tryTake(intervals: Interval[]): LockHolder | undefined {
+    const holder = new LockHolder(intervals);
+    if (this.granting || this.conflicts(holder, this.waiters.length)) return undefined;
+    this.held.add(holder);
+    return holder;
+  }
+
   /** A holder for space taken without waiting (e.g. a reserved log block). */
   take(intervals: Interval[]): LockHolder {
     const holder = new LockHolder(intervals.slice());
