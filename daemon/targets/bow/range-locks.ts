@@ -22,8 +22,11 @@ interface Waiter {
   grant: () => void;
 }
 
-const overlaps = (x: readonly Interval[], y: readonly Interval[]): boolean =>
-  x.some((a) => y.some((b) => a.start < b.end && b.start < a.end));
+/** Plain loops: every write in state 1 asks this once per request in flight. */
+function overlaps(x: readonly Interval[], y: readonly Interval[]): boolean {
+  for (const a of x) for (const b of y) if (a.start < b.end && b.start < a.end) return true;
+  return false;
+}
 
 export class RangeLocks {
   private readonly held = new Set<LockHolder>();

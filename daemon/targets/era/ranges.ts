@@ -41,14 +41,15 @@ export function forEachWord32(first: number, last: number, visit: (word: number,
   }
 }
 
-/** True when every bit of first..last is set. */
+/** True when every bit of first..last is set. (Every write asks this: plain loop, no closure.) */
 export function allSet(bits: Uint32Array, first: number, last: number): boolean {
-  let all = true;
-  forEachWord32(first, last, (w, m) => {
-    if (((bits[w]! & m) >>> 0) !== m) all = false;
-    return all;
-  });
-  return all;
+  const fw = first >>> 5;
+  const lw = last >>> 5;
+  for (let w = fw; w <= lw; w++) {
+    const m = mask32(w === fw ? first & 31 : 0, w === lw ? last & 31 : 31);
+    if (((bits[w]! & m) >>> 0) !== m) return false;
+  }
+  return true;
 }
 
 export function setRange(bits: Uint32Array, first: number, last: number): void {

@@ -110,11 +110,13 @@ export class EraTarget implements Target {
     return r;
   }
 
-  async map(bio: Bio): Promise<void> {
+  map(bio: Bio): Promise<void> {
     if (bio.op === "read" || bio.op === "flush" || bio.count === 0) return this.origin.submit(bio);
-    const range = { first: Math.floor(bio.sector / this.blockSize), last: Math.floor((bio.sector + bio.count - 1) / this.blockSize) };
-    if (!allSet(this.inCore, range.first, range.last)) await this.recordWrites(range);
-    return this.origin.submit(bio);
+    const first = Math.floor(bio.sector / this.blockSize);
+    const last = Math.floor((bio.sector + bio.count - 1) / this.blockSize);
+    // Blocks already in the current writeset (durably): straight down, no promise of our own.
+    if (allSet(this.inCore, first, last)) return this.origin.submit(bio);
+    return this.recordWrites({ first, last }).then(() => this.origin.submit(bio));
   }
 
   private recordWrites(range: BlockRange): Promise<void> {
