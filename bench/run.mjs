@@ -102,6 +102,9 @@ const TARGETS = [
     },
     export: "lw",
     ratios: ["tsdm-linear"],
+    // A fresh (empty, sparse) log for every run: otherwise the log grows by gigabytes across the runs and what is
+    // measured is the machine finding memory for it, not the target.
+    fresh: true,
   },
   {
     // era, 4 KiB blocks, metadata freshly formatted: writes mix first writes (a metadata commit each batch) and
@@ -310,7 +313,13 @@ async function main() {
       for (const w of workloads) {
         // Rotate the order every repetition so that no target always runs first (warm caches, turbo, neighbours).
         const order = started.map((_, i) => started[(i + rep) % started.length]);
-        for (const t of order) {
+        for (let t of order) {
+          if (t.fresh) {
+            t.proc.kill("SIGTERM");
+            await new Promise((r) => t.proc.once("exit", r));
+            const i = started.indexOf(t);
+            started[i] = t = await startTarget(t, file, sectors, workDir);
+          }
           const cpu0 = cpuSeconds(t.proc.pid);
           const r = await fio(t.uri, w, outFile, t.range?.(sectors));
           const cpu1 = cpuSeconds(t.proc.pid);

@@ -14,11 +14,15 @@ import { SECTOR_SIZE, type Sector } from "../core/units.js";
  *
  * Files on tmpfs/ramfs are memory: a pread or pwrite of a few pages there costs a memcpy, while the round trip
  * through the libuv pool (queue, wake a worker, wake the loop) costs several times that in CPU and latency. Small
- * reads and writes to such files (up to SYNC_IO_MAX) are therefore done synchronously on the calling thread.
+ * reads and writes to such files (up to SYNC_IO_MAX) are therefore done synchronously on the calling thread,
+ * but a write only while no write of ours is on the pool: tmpfs serialises writes to a file on its inode lock,
+ * so a small write behind a large one would hold the event loop for the whole large copy.
  */
 export class FileDevice implements BlockDevice {
   readonly kernelName: string;
   private closed = false;
+  /** Writes of this file running on the libuv pool (see the class comment). */
+  private poolWrites = 0;
 
   private constructor(
     readonly path: string,
@@ -68,10 +72,13 @@ export class FileDevice implements BlockDevice {
       case "read":
         if (this.memoryBacked && bio.data!.length <= SYNC_IO_MAX) return settle(readFullySync, this.fd, bio.data!, pos);
         return readFully(this.fd, bio.data!, pos);
-      case "write":
+      case "write": {
         if (this.readOnly) return Promise.reject(new DmError("EROFS", `${this.path} is read-only`));
-        if (this.memoryBacked && bio.data!.length <= SYNC_IO_MAX) return settle(writeFullySync, bio.fua ? this.syncFd : this.fd, bio.data!, pos);
-        return writeFully(bio.fua ? this.syncFd : this.fd, bio.data!, pos);
+        const fd = bio.fua ? this.syncFd : this.fd;
+        if (this.memoryBacked && bio.data!.length <= SYNC_IO_MAX && this.poolWrites === 0) return settle(writeFullySync, fd, bio.data!, pos);
+        this.poolWrites++;
+        return writeFully(fd, bio.data!, pos).finally(() => this.poolWrites--);
+      }
       case "flush":
         return new Promise((resolve, reject) => fs.fdatasync(this.fd, (err) => (err ? reject(err) : resolve())));
       case "discard":

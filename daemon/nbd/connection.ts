@@ -24,7 +24,7 @@ import {
   putSimpleReply,
 } from "./protocol.js";
 import { writeZeroesFallback } from "./zeroes.js";
-import { sharedPool } from "./buffer-pool.js";
+import { sharedPool } from "../io/buffer-pool.js";
 import type { PayloadBudget } from "./budget.js";
 
 /** Oversized WRITE payloads up to this size are skipped (read and dropped) to keep the stream in sync; beyond it

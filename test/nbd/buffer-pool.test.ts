@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { BufferPool } from "../../daemon/nbd/buffer-pool.js";
+import { BufferPool } from "../../daemon/io/buffer-pool.js";
 
 describe("BufferPool", () => {
   it("hands out buffers big enough, reuses returned ones, and ignores foreign buffers", () => {

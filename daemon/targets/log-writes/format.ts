@@ -101,7 +101,12 @@ export function decodeSuper(b: Buffer): LogSuper {
 }
 
 export function encodeEntry(e: LogEntryHeader, sectorSize: number): Buffer {
-  const b = Buffer.alloc(sectorSize);
+  return encodeEntryInto(Buffer.alloc(sectorSize), e, sectorSize);
+}
+
+/** The header block of `e` in the first `sectorSize` bytes of `b` (the rest of `b` is left alone). */
+export function encodeEntryInto(b: Buffer, e: LogEntryHeader, sectorSize: number): Buffer {
+  b.fill(0, 0, sectorSize);
   b.writeBigUInt64LE(BigInt(e.sector), 0);
   b.writeBigUInt64LE(BigInt(e.nrSectors), 8);
   b.writeBigUInt64LE(BigInt(e.flags), 16);

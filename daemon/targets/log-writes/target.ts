@@ -2,9 +2,10 @@ import type { DestroyOptions, Target, TargetContext } from "../target.js";
 import type { Bio } from "../../io/bio.js";
 import type { BlockDevice } from "../../io/block-device.js";
 import { dataRun, type AllocationRun } from "../../io/allocation.js";
+import { sharedPool } from "../../io/buffer-pool.js";
 import { DmError } from "../../core/errors.js";
 import { SECTOR_SIZE, type Sector } from "../../core/units.js";
-import { END_MARK, LogFlag, RESTART_MARK, encodeEntry, encodeSuper, logBlocks, markEntry, maxMarkLength, type LogEntryHeader } from "./format.js";
+import { END_MARK, LogFlag, RESTART_MARK, encodeEntry, encodeEntryInto, encodeSuper, logBlocks, markEntry, maxMarkLength, type LogEntryHeader } from "./format.js";
 
 /**
  * dm-log-writes runtime semantics (kernel drivers/md/dm-log-writes.c, target 1.1.0):
@@ -61,6 +62,11 @@ interface PendingBlock {
   readonly header: LogEntryHeader;
   /** The payload (copied at submit time); absent for flush, discard and mark entries. */
   readonly data?: Buffer;
+  /**
+   * A write's copy: a pooled buffer holding a header's room and then `data`, so that the entry goes to the log
+   * as one contiguous write with no further copy, and the buffer goes back to the pool after.
+   */
+  readonly frame?: Buffer;
   /** Bytes of `data` this block owns (0 for the shared zero buffer), counted in pendingBytes. */
   readonly charge?: number;
 }
@@ -192,7 +198,7 @@ export class LogWritesTarget implements Target {
         ? this.zeroBlocks(sector, bio.count, fua)
         : bio.op === "discard"
           ? [this.block(sector, bio.count, fua | LogFlag.DISCARD)]
-          : [this.block(sector, bio.count, fua, Buffer.from(bio.data!), bio.data!.length)]; // copied at submit time, as the kernel does
+          : [this.copiedWrite(sector, bio.count, fua, bio.data!)];
     try {
       await this.dev.submit(down);
     } catch (err) {
@@ -207,6 +213,14 @@ export class LogWritesTarget implements Target {
 
   private block(sector: number, count: number, flags: number, data?: Buffer, charge = 0): PendingBlock {
     return { header: { sector: logBlocks(sector / this.unitSectors), nrSectors: logBlocks(count / this.unitSectors), flags, dataLen: 0 }, data, charge };
+  }
+
+  /** A write, its payload copied at submit time as the kernel does, behind room for its header. */
+  private copiedWrite(sector: number, count: number, flags: number, data: Buffer): PendingBlock {
+    const frame = sharedPool.get(this.sectorSize + data.length);
+    data.copy(frame, this.sectorSize);
+    const header = { sector: logBlocks(sector / this.unitSectors), nrSectors: logBlocks(count / this.unitSectors), flags, dataLen: 0 };
+    return { header, data: frame.subarray(this.sectorSize, this.sectorSize + data.length), frame, charge: data.length };
   }
 
   /** The zero writes the kernel would see for a write-zeroes: ZERO_CHUNK_BYTES each, in ascending order, sharing ZEROES. */
@@ -316,11 +330,19 @@ export class LogWritesTarget implements Target {
       if (next >= this.logEnd) break;
       this.loggedEntries++;
       fitted++;
+      if (block.frame) {
+        parts.push(encodeEntryInto(block.frame, block.header, this.sectorSize).subarray(0, this.sectorSize + block.data!.length));
+        continue;
+      }
       parts.push(encodeEntry(block.header, this.sectorSize));
       if (block.data && block.data.length > 0) parts.push(block.data);
     }
     if (parts.length > 0) {
-      const write = this.writeParts(start, parts).catch((err: unknown) => this.disable(`Error writing to the log device: ${errorText(err)}`));
+      const write = this.writeParts(start, parts)
+        .catch((err: unknown) => this.disable(`Error writing to the log device: ${errorText(err)}`))
+        .finally(() => {
+          for (const b of batch) if (b.frame) sharedPool.put(b.frame);
+        });
       this.inflightWrites.add(write);
       void write.finally(() => this.inflightWrites.delete(write));
       if (this.inflightWrites.size >= MAX_INFLIGHT_WRITES) await Promise.race(this.inflightWrites);

@@ -1,11 +1,12 @@
 /**
- * Reusable reply and payload buffers. A fresh 1 MiB Buffer is a new mapping whose pages fault in on first
- * touch and are unmapped again by the GC; on the 1 MiB READ/WRITE path that costs more CPU than the copy
- * itself. Buffers come in power-of-two classes plus HEADROOM bytes (so that a reply header in front of a
- * power-of-two payload stays in the payload's class) and go back to the pool once the socket has written them
- * (or the bio that used them has completed). The event loop is single-threaded, so no locking.
+ * Reusable I/O buffers (NBD replies and payloads, log-writes' payload copies). A fresh 1 MiB Buffer is a new
+ * mapping whose pages fault in on first touch and are unmapped again by the GC; on the 1 MiB path that costs
+ * more CPU than the copy itself. Buffers come in power-of-two classes plus HEADROOM bytes, so that a header in
+ * front of a power-of-two payload (an NBD reply header, a 512-byte or 4 KiB log entry header) stays in the
+ * payload's class, and go back to the pool once the I/O that used them has completed. The event loop is
+ * single-threaded, so no locking.
  */
-const HEADROOM = 64;
+const HEADROOM = 4096;
 const MIN_CLASS = 12; // 4 KiB
 const MAX_CLASS = 25; // 32 MiB: the largest payload
 /** Bytes kept per class and in all; beyond that, returned buffers are left to the GC. */
