@@ -121,6 +121,21 @@ Napi::Value TryFlock(const Napi::CallbackInfo& info) {
   throw ErrnoError(info.Env(), errno, "flock");
 }
 
+// setSendBuffer(fd, bytes): the socket's send buffer, past net.core.wmem_max where the process may
+// (SO_SNDBUFFORCE, CAP_NET_ADMIN), else up to it. Returns what the kernel granted (it reports double the
+// request, its bookkeeping included).
+Napi::Value SetSendBuffer(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0);
+  uint64_t want = ArgU64(info, 1, "bytes");
+  int v = want > 0x3fffffff ? 0x3fffffff : static_cast<int>(want);
+  if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &v, sizeof v) < 0 && setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof v) < 0)
+    throw ErrnoError(info.Env(), errno, "setsockopt(SO_SNDBUF)");
+  int got = 0;
+  socklen_t len = sizeof got;
+  if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &got, &len) < 0) throw ErrnoError(info.Env(), errno, "getsockopt(SO_SNDBUF)");
+  return Napi::Number::New(info.Env(), got);
+}
+
 enum class RangeOp { PunchHole, ZeroRange, BlkDiscard, BlkZeroOut };
 
 const char* RangeOpName(RangeOp op) {
@@ -193,6 +208,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("blkLogicalBlockSize", Napi::Function::New(env, BlkLogicalBlockSize));
   exports.Set("blkPhysicalBlockSize", Napi::Function::New(env, BlkPhysicalBlockSize));
   exports.Set("peerCred", Napi::Function::New(env, PeerCred));
+  exports.Set("setSendBuffer", Napi::Function::New(env, SetSendBuffer));
   exports.Set("seekData", Napi::Function::New(env, SeekDataHole<SEEK_DATA>));
   exports.Set("seekHole", Napi::Function::New(env, SeekDataHole<SEEK_HOLE>));
   exports.Set("tryFlock", Napi::Function::New(env, TryFlock));

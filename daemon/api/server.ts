@@ -5,7 +5,7 @@ import { Server, ServerCredentials, type ServerInterceptor } from "@grpc/grpc-js
 import { HealthImplementation } from "grpc-health-check";
 import { DeviceMapperServiceService } from "../../gen/tsdm/v1/tsdm.js";
 import type { Logger } from "../core/log.js";
-import { bindPrivate, claimSocketPath } from "../core/unix-socket.js";
+import { bindPrivate, claimSocketPath, socketFd } from "../core/unix-socket.js";
 import { native } from "../io/native.js";
 import { addReflection } from "./reflection.js";
 import { createService, type ServiceOptions } from "./service.js";
@@ -105,8 +105,8 @@ export function inheritedSocketFd(env: NodeJS.ProcessEnv = process.env): number 
 
 /** Put the unix peer's credentials where grpc-js looks for a peer address (call.getPeer()). */
 function labelLocalPeer(sock: net.Socket): void {
-  const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (fd === undefined || fd < 0) return;
+  const fd = socketFd(sock);
+  if (fd === undefined) return;
   try {
     const c = native.peerCred(fd);
     Object.defineProperty(sock, "remoteAddress", { value: `uid=${c.uid},gid=${c.gid},pid=${c.pid}`, configurable: true });

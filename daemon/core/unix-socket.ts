@@ -52,3 +52,9 @@ export async function bindPrivate<T>(socketPath: string, group: number | undefin
   }
   return result;
 }
+
+/** The file descriptor under a connected net.Socket (Node keeps it on its internal handle). */
+export function socketFd(sock: net.Socket): number | undefined {
+  const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  return fd !== undefined && fd >= 0 ? fd : undefined;
+}

@@ -8,6 +8,8 @@ export interface BlockOps {
   blkLogicalBlockSize(fd: number): number;
   blkPhysicalBlockSize(fd: number): number;
   peerCred(fd: number): { pid: number; uid: number; gid: number };
+  /** SO_SNDBUF (SO_SNDBUFFORCE where allowed); returns the size the kernel granted. */
+  setSendBuffer(fd: number, bytes: number): number;
   /** lseek(SEEK_DATA): the next data offset at or after `offset`, or -1 when only a hole follows. */
   seekData(fd: number, offset: number): number;
   /** lseek(SEEK_HOLE): the next hole offset at or after `offset` (the file size at the latest), or -1 past the end. */

@@ -1,7 +1,8 @@
 import net from "node:net";
 import type { DeviceRegistry, RegistryEvent } from "../device/registry.js";
 import type { Logger } from "../core/log.js";
-import { bindPrivate, claimSocketPath } from "../core/unix-socket.js";
+import { bindPrivate, claimSocketPath, socketFd } from "../core/unix-socket.js";
+import { native } from "../io/native.js";
 import { ByteQueue } from "./byte-queue.js";
 import { PayloadBudget } from "./budget.js";
 import { Connection } from "./connection.js";
@@ -64,7 +65,7 @@ export class NbdServer {
    */
   async listenUnix(path: string, opts: { group?: number; internal?: boolean } = {}): Promise<void> {
     await claimSocketPath(path);
-    await bindPrivate(path, opts.group, () => this.listen((s) => s.listen(path), opts.internal ?? false));
+    await bindPrivate(path, opts.group, () => this.listen((s) => s.listen(path), { internal: opts.internal ?? false, unix: true }));
     this.log.info("nbd listening", { socket: path, internal: opts.internal ?? false });
   }
 
@@ -98,8 +99,8 @@ export class NbdServer {
     return this.connections.size;
   }
 
-  private listen(start: (s: net.Server) => void, internal = false): Promise<net.Server> {
-    const server = net.createServer({ noDelay: true, pauseOnConnect: false }, (socket) => this.onConnection(socket, internal));
+  private listen(start: (s: net.Server) => void, kind: { internal: boolean; unix: boolean } = { internal: false, unix: false }): Promise<net.Server> {
+    const server = net.createServer({ noDelay: true, pauseOnConnect: false }, (socket) => this.onConnection(socket, kind));
     return new Promise((resolve, reject) => {
       server.once("error", reject);
       server.once("listening", () => {
@@ -112,9 +113,10 @@ export class NbdServer {
     });
   }
 
-  private onConnection(socket: net.Socket, internal: boolean): void {
+  private onConnection(socket: net.Socket, kind: { internal: boolean; unix: boolean }): void {
     if (this.closing) return void socket.destroy();
-    if (!internal) {
+    if (kind.unix) enlargeSendBuffer(socket, this.log);
+    if (!kind.internal) {
       if (this.clientSockets >= this.maxConnections) {
         this.log.warn("nbd connection refused: too many connections", { max: this.maxConnections });
         return void socket.destroy();
@@ -174,4 +176,21 @@ export class NbdServer {
     if (ev.kind !== "removed") return; // a rename keeps sessions: they hold the device, not its name
     for (const c of this.connections) if (c.dev === ev.device) c.shutdown();
   };
+}
+
+/**
+ * READ replies of up to 32 MiB go out through a unix socket whose send buffer is 208 KiB by default: a 1 MiB
+ * reply then takes several writes, each waiting for the client to drain the last (measured: 1.2 GB/s of 1 MiB
+ * reads instead of 1.75 GB/s with 4 MiB). TCP is left to its own autotuning, which a fixed size would disable.
+ */
+const UNIX_SEND_BUFFER = 4 << 20;
+
+function enlargeSendBuffer(socket: net.Socket, log: Logger): void {
+  const fd = socketFd(socket);
+  if (fd === undefined) return;
+  try {
+    native.setSendBuffer(fd, UNIX_SEND_BUFFER);
+  } catch (err) {
+    log.debug("could not enlarge the NBD socket's send buffer", { error: (err as Error).message });
+  }
 }

@@ -512,6 +512,17 @@ describe("NBD protocol handling", () => {
       await server.close();
     });
 
+    it("a client's unix socket gets a 4 MiB send buffer (1 MiB READ replies in one write)", async () => {
+      const c = await attached();
+      // ss shows the server end of the connection (local address: the listening path); tb is the send buffer,
+      // which the kernel reports doubled.
+      const out = (await run("ss", ["-x", "-m", "-n"])).stdout;
+      const server = out.split("\n").find((l) => l.includes(fx.sock) && /ESTAB/.test(l));
+      expect(server, out).toBeDefined();
+      expect(Number(/tb(\d+)/.exec(server!)?.[1])).toBeGreaterThanOrEqual(8 << 20);
+      c.destroy();
+    });
+
     it("the NBD socket is born 0600 whatever the umask (it gives raw access to every device), 0660 for a group", async () => {
       const old = process.umask(0);
       try {

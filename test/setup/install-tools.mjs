@@ -26,6 +26,7 @@ export const TOOLS = {
   losetup: "mount",
   fstrim: "util-linux",
   openssl: "openssl",
+  ss: "iproute2",
   // the kernel VM of ../shared/tools/kvm (test/kernel, test/attach/kvm)
   "qemu-system-x86_64": "qemu-system-x86",
 };
