@@ -177,24 +177,23 @@ export class BowTarget implements Target {
   /**
    * State 1, the common case once an update is under way: a write to blocks already changed (backed up before,
    * or free when the checkpoint was taken) needs no backup and no log entry. It goes straight down once nothing
-   * holds or waits for its blocks (a backup of their old contents may still be reading them). Block 0 and its
-   * live copy always take the full path. Undefined: not this case, take the full path.
+   * holds or waits for its blocks (a backup of their old contents may still be reading them). It need not hold
+   * them itself: a changed block is never a backup's source or destination, and block 0 and its live copy,
+   * which move, always take the full path. Undefined: not this case, take the full path.
    */
   private rewrite(bio: Bio): Promise<void> | undefined {
     const a = Math.floor(bio.sector / this.spb);
     const b = Math.ceil((bio.sector + bio.count) / this.spb);
     if (a === 0 || (this.sector0Block >= a && this.sector0Block < b) || this.log?.broken) return undefined;
-    if (this.ranges.anyOtherThan(a, b, "Changed") || !this.gate.tryEnter()) return undefined;
-    const holder = this.locks.tryTake([{ start: a, end: b }]);
-    if (!holder) {
-      this.gate.leave();
-      return undefined;
-    }
-    return this.dev.submit(bio).finally(() => {
-      this.locks.release(holder);
-      this.gate.leave();
-    });
+    if (this.ranges.anyOtherThan(a, b, "Changed") || !this.locks.isIdle(a, b) || !this.gate.tryEnter()) return undefined;
+    return this.dev.submit(bio).then(this.leaveGate, this.leaveGateFailed);
   }
+
+  private readonly leaveGate = (): void => this.gate.leave();
+  private readonly leaveGateFailed = (err: unknown): never => {
+    this.gate.leave();
+    throw err;
+  };
 
   private mapGated(bio: Bio): Promise<void> {
     const state = this.state;

@@ -57,12 +57,12 @@ export class RangeLocks {
     holder.intervals.push(interval);
   }
 
-  /** Take `intervals` now if nothing holds or waits for any of them, else undefined (then use acquire()). */
-  tryTake(intervals: Interval[]): LockHolder | undefined {
-    const holder = new LockHolder(intervals);
-    if (this.granting || this.conflicts(holder, this.waiters.length)) return undefined;
-    this.held.add(holder);
-    return holder;
+  /** True when no holder holds and no waiter waits for any block of [start, end) (nothing is taken). */
+  isIdle(start: number, end: number): boolean {
+    if (this.granting) return false;
+    for (const h of this.held) for (const i of h.intervals) if (i.start < end && start < i.end) return false;
+    for (const w of this.waiters) for (const i of w.holder.intervals) if (i.start < end && start < i.end) return false;
+    return true;
   }
 
   /** A holder for space taken without waiting (e.g. a reserved log block). */
