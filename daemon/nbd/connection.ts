@@ -25,6 +25,7 @@ import {
 } from "./protocol.js";
 import { writeZeroesFallback } from "./zeroes.js";
 import { sharedPool } from "../io/buffer-pool.js";
+import { adoptSocket } from "./adopt-socket.js";
 import type { PayloadBudget } from "./budget.js";
 
 /** Oversized WRITE payloads up to this size are skipped (read and dropped) to keep the stream in sync; beyond it
@@ -36,6 +37,10 @@ const MAX_INFLIGHT_BYTES = 256 << 20;
 const MAX_QUEUED_REPLY_BYTES = 64 << 20;
 /** How long a client gets to close its end after the server ended the session. */
 const LINGER_MS = 5000;
+/** Requests are read into one reused buffer of this size (many small requests per read). */
+const STAGING_BYTES = 256 << 10;
+/** WRITE payloads with at least this much still to come are read straight into their own buffer. */
+const DIRECT_READ_MIN = 64 << 10;
 
 const TWO_32 = 4294967296;
 /** Offsets at or beyond 2^53 cannot be represented exactly; no device is that large. */
@@ -56,7 +61,10 @@ const enum RxState {
  * READ replies are allocated once, header and data together, and the bio reads into them directly.
  */
 export class Connection {
+  private readonly socket: Socket;
   private readonly align: number;
+  /** Where requests are read (see adoptSocket); small payloads are copied out of it before the next read. */
+  private readonly staging = Buffer.allocUnsafeSlow(STAGING_BYTES);
   private readonly hdr = Buffer.allocUnsafe(REQUEST_HEADER_SIZE);
   private hdrFill = 0;
   private rx = RxState.Header;
@@ -85,7 +93,7 @@ export class Connection {
   private readonly closedWaiters: (() => void)[] = [];
 
   constructor(
-    private readonly socket: Socket,
+    accepted: Socket,
     readonly dev: MappedDevice,
     private readonly structured: boolean,
     private readonly contexts: readonly SelectedContext[],
@@ -94,12 +102,47 @@ export class Connection {
     private readonly budget: PayloadBudget,
   ) {
     this.align = blockSizes(dev).min;
+    const adopted = adoptSocket(accepted, this.readInto);
+    const socket = (this.socket = adopted ?? accepted);
     socket.setNoDelay(true);
-    socket.on("data", this.onData);
+    if (!adopted) {
+      socket.on("data", this.onData);
+      socket.resume(); // the server paused it after the handshake
+    }
     socket.on("end", this.onEnd);
     socket.on("drain", this.onDrain);
     socket.on("error", (err) => this.log.debug("nbd connection error", { error: err.message }));
     socket.on("close", this.onClose);
+  }
+
+  /**
+   * Reads into buffers of our choosing: a WRITE payload with much still to come goes straight into its own
+   * (pooled) buffer, everything else into the staging buffer, parsed before the next read reuses it.
+   */
+  private readonly readInto = {
+    buffer: (): Buffer => {
+      if (this.rx === RxState.Payload && this.stash === undefined && this.wLength - this.wFill >= DIRECT_READ_MIN) {
+        this.wBuf ??= sharedPool.get(this.wLength);
+        return this.wBuf.subarray(this.wFill, this.wLength);
+      }
+      return this.staging;
+    },
+    callback: (n: number, buf: Buffer): boolean => {
+      if (buf === this.staging) this.consume(buf.subarray(0, n), 0);
+      else this.payloadRead(n);
+      return !this.paused;
+    },
+  };
+
+  /** `n` payload bytes arrived in place, in the current WRITE's buffer. */
+  private payloadRead(n: number): void {
+    this.wFill += n;
+    if (this.wFill < this.wLength) return;
+    const buf = this.wBuf!;
+    this.wBuf = undefined;
+    this.wFill = 0;
+    this.rx = RxState.Header;
+    this.submitWrite(buf.subarray(0, this.wLength), buf);
   }
 
   /** Feed bytes that arrived during the handshake, behind the final option. */
@@ -167,9 +210,11 @@ export class Connection {
         case RxState.Payload: {
           const need = this.wLength - this.wFill;
           if (this.wFill === 0 && len - pos >= need) {
-            // The whole payload is in this chunk: use it in place.
+            // The whole payload is here: copied out, as the buffer it sits in is read into again.
             this.rx = RxState.Header;
-            this.submitWrite(chunk.subarray(pos, pos + need), undefined);
+            const buf = sharedPool.get(need);
+            chunk.copy(buf, 0, pos, pos + need);
+            this.submitWrite(buf.subarray(0, need), buf);
             pos += need;
           } else {
             const buf = (this.wBuf ??= sharedPool.get(this.wLength));

@@ -6,6 +6,7 @@ import { native } from "../io/native.js";
 import { ByteQueue } from "./byte-queue.js";
 import { PayloadBudget } from "./budget.js";
 import { Connection } from "./connection.js";
+import { drainReadable, whenWritten } from "./adopt-socket.js";
 import { negotiate, ProtocolViolation } from "./handshake.js";
 import { MetaContextRegistry } from "./meta-context.js";
 
@@ -116,13 +117,20 @@ export class NbdServer {
   private onConnection(socket: net.Socket, kind: { internal: boolean; unix: boolean }): void {
     if (this.closing) return void socket.destroy();
     if (kind.unix) enlargeSendBuffer(socket, this.log);
+    // A client socket counts until it closes during the handshake, or its session is gone.
+    let counted = false;
+    const uncount = (): void => {
+      if (counted) this.clientSockets--;
+      counted = false;
+    };
     if (!kind.internal) {
       if (this.clientSockets >= this.maxConnections) {
         this.log.warn("nbd connection refused: too many connections", { max: this.maxConnections });
         return void socket.destroy();
       }
       this.clientSockets++;
-      socket.once("close", () => this.clientSockets--);
+      counted = true;
+      socket.once("close", uncount);
     }
     this.handshaking.add(socket);
     const queue = new ByteQueue();
@@ -144,22 +152,30 @@ export class NbdServer {
     };
 
     negotiate(socket, queue, { registry: this.registry, metaContexts: this.metaContexts, log: this.log }).then(
-      (neg) => {
+      async (neg) => {
         detach();
         if (!neg) {
           socket.on("error", () => undefined);
           socket.end();
           return;
         }
+        // Hold what arrives until the session reads it; the last reply must be out before the socket moves on.
+        socket.pause();
+        socket.on("error", () => undefined);
+        await whenWritten(socket);
         if (socket.destroyed || this.closing) {
           neg.dev.close();
           socket.destroy();
           return;
         }
-        const conn = new Connection(socket, neg.dev, neg.structured, neg.contexts, this.log, (c) => this.connections.delete(c), this.budget);
+        const leftover = [...neg.leftover, ...queue.drain(), ...drainReadable(socket)];
+        const conn = new Connection(socket, neg.dev, neg.structured, neg.contexts, this.log, (c) => {
+          this.connections.delete(c);
+          uncount();
+        }, this.budget);
         this.connections.add(conn);
         this.log.debug("nbd client attached", { device: neg.dev.name, structured: neg.structured });
-        conn.start([...neg.leftover, ...queue.drain()]);
+        conn.start(leftover);
       },
       (err: unknown) => {
         detach();
