@@ -9,6 +9,7 @@ import {
   type WatchEventsResponse,
 } from "../../gen/tsdm/v1/tsdm.js";
 import { DmError, type DmOp } from "../core/errors.js";
+import type { Logger } from "../core/log.js";
 import type { Sector } from "../core/units.js";
 import { DM_MAJOR, type MappedDevice } from "../device/mapped-device.js";
 import type { DeviceRefSpec, DeviceRegistry, RegistryEvent } from "../device/registry.js";
@@ -51,25 +52,33 @@ export interface ServiceOptions {
    * false for an ordinary resume (DeviceStateStore.retry).
    */
   retryRestore?: (dev: MappedDevice) => Promise<boolean>;
+  /** Failed changes are logged with their reason, as the kernel's dm logs them to dmesg. */
+  log?: Logger;
 }
 
 type Unary<Req, Res> = (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => void;
 
 const MUTATING_OPS = new Set<DmOp>(["create", "reload", "clear", "suspend", "resume", "remove", "remove_all", "rename"]);
+/** Failures worth a log line: dmsetup prints only the errno, the reason is here (the kernel's is in dmesg). */
+const LOGGED_FAILURES = new Set<DmOp>([...MUTATING_OPS, "message"]);
 
 /**
  * Wrap an async handler: results go to the callback, DmErrors become gRPC statuses (api/status.ts). A mutating
  * call is answered only after the resulting device state is durable.
  */
-function makeUnary(persist: (() => Promise<void>) | undefined) {
+function makeUnary(persist: (() => Promise<void>) | undefined, log: Logger | undefined) {
   return function unary<Req, Res>(op: DmOp, fn: (req: Req, call: ServerUnaryCall<Req, Res>) => Promise<Res>): Unary<Req, Res> {
     const settle = persist && MUTATING_OPS.has(op) ? persist : undefined;
+    const logFailure = log && LOGGED_FAILURES.has(op) ? log : undefined;
     return (call, cb) => {
       const done = fn(call.request, call);
       const persisted = settle ? done.finally(() => settle().catch(() => undefined)) : done;
       persisted.then(
         (res) => cb(null, res),
-        (err: unknown) => cb(toServiceError(err, op, err instanceof DmError ? devnoOf(err) : undefined) as never, null),
+        (err: unknown) => {
+          if (err instanceof DmError) logFailure?.warn(`${err.op ?? op} failed`, { errno: err.errno, error: err.message });
+          cb(toServiceError(err, op, err instanceof DmError ? devnoOf(err) : undefined) as never, null);
+        },
       );
     };
   };
@@ -105,7 +114,7 @@ const toLines = (lines: readonly TableLineSpec[]): TableLine[] =>
 
 export function createService(opts: ServiceOptions): DeviceMapperServiceServer {
   const { registry } = opts;
-  const unary = makeUnary(opts.persist);
+  const unary = makeUnary(opts.persist, opts.log);
 
   const attachError = (dev: MappedDevice): string => {
     const why = opts.nodes?.failureOf?.(dev);

@@ -2,6 +2,7 @@ import fs from "node:fs";
 import type { Bio } from "./bio.js";
 import type { BlockDevice } from "./block-device.js";
 import { native } from "./native.js";
+import { claimBlockDevice, type BlockClaim } from "./block-claims.js";
 import { MAX_ALLOCATION_RUNS, dataRun, holeRun, pushRun, type AllocationRun } from "./allocation.js";
 import { DmError, fromSystemError } from "../core/errors.js";
 import { SECTOR_SIZE, type Sector } from "../core/units.js";
@@ -10,7 +11,7 @@ import { SECTOR_SIZE, type Sector } from "../core/units.js";
  * A regular file or a kernel block device used as an underlying device. Reads and writes go through the page
  * cache (pread/pwrite on the libuv pool); FUA writes go through a second descriptor opened O_DSYNC so that only
  * that write waits for the disk; flush is fdatasync. Discards punch holes in files and become BLKDISCARD on
- * block devices.
+ * block devices. A block device is claimed exclusively while open, as dm does (block-claims.ts).
  *
  * Files on tmpfs/ramfs are memory: a pread or pwrite of a few pages there costs a memcpy, while the round trip
  * through the libuv pool (queue, wake a worker, wake the loop) costs several times that in CPU and latency. Small
@@ -35,6 +36,7 @@ export class FileDevice implements BlockDevice {
     readonly readOnly: boolean,
     /** On tmpfs/ramfs: small I/O is done synchronously (see the class comment). */
     readonly memoryBacked: boolean,
+    private readonly claim: BlockClaim | undefined,
   ) {
     this.kernelName = isBlockDevice ? blockDeviceName(path) : path;
   }
@@ -46,19 +48,22 @@ export class FileDevice implements BlockDevice {
   static open(path: string, readOnly: boolean): FileDevice {
     let fd = -1;
     let syncFd = -1;
+    let claim: BlockClaim | undefined;
     try {
       const mode = readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR;
       fd = fs.openSync(path, mode);
       const st = fs.fstatSync(fd);
       if (!st.isFile() && !st.isBlockDevice()) throw new DmError("EINVAL", `${path} is neither a regular file nor a block device`);
+      if (st.isBlockDevice()) claim = claimBlockDevice(path, st.rdev);
       syncFd = readOnly ? -1 : fs.openSync(path, mode | fs.constants.O_DSYNC);
       const isBlock = st.isBlockDevice();
       const sizeBytes = isBlock ? Number(native.blkGetSize64(fd)) : st.size;
       const lbs = isBlock ? native.blkLogicalBlockSize(fd) : 512;
       const devno = isBlock ? { major: major(st.rdev), minor: minor(st.rdev) } : { major: 0, minor: 0 };
       const memoryBacked = !isBlock && isMemoryFs(path);
-      return new FileDevice(path, fd, syncFd, isBlock, Math.floor(sizeBytes / 512) as Sector, lbs, devno, readOnly, memoryBacked);
+      return new FileDevice(path, fd, syncFd, isBlock, Math.floor(sizeBytes / 512) as Sector, lbs, devno, readOnly, memoryBacked, claim);
     } catch (err) {
+      claim?.release();
       if (fd >= 0) fs.closeSync(fd);
       if (syncFd >= 0) fs.closeSync(syncFd);
       throw fromSystemError(err, `cannot open ${path}`);
@@ -130,6 +135,7 @@ export class FileDevice implements BlockDevice {
     if (this.closed) return;
     this.closed = true;
     await Promise.all([closeFd(this.fd), this.syncFd >= 0 ? closeFd(this.syncFd) : undefined]);
+    this.claim?.release(); // after the descriptors: a mount right after a remove must find the device free
   }
 }
 
