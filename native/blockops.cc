@@ -15,6 +15,7 @@
 #include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "addon.h"
@@ -136,6 +137,30 @@ Napi::Value SetSendBuffer(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), got);
 }
 
+// preadNoWait(fd, buf, offset) / pwriteNoWait(fd, buf, offset): one preadv2/pwritev2 with RWF_NOWAIT, on
+// the calling (event loop) thread. Data in the page cache is copied at once, which saves the round trip
+// through the thread pool (most of a 4 KiB request's latency); where the kernel would have to wait (a page
+// not cached, a lock held, dirty throttling) it returns at once instead. Returns bytes done (possibly
+// short), kNoWaitAgain when nothing could be done without waiting, kNoWaitUnsupported when this file
+// does not take RWF_NOWAIT (buffered writes on some file systems).
+constexpr int kNoWaitAgain = -1;
+constexpr int kNoWaitUnsupported = -2;
+
+template <bool write>
+Napi::Value IoNoWait(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgFd(info, 0);
+  if (info.Length() < 2 || !info[1].IsBuffer()) throw Napi::TypeError::New(env, "buffer must be a Buffer");
+  auto buf = info[1].As<Napi::Buffer<uint8_t>>();
+  uint64_t off = ArgU64(info, 2, "offset");
+  struct iovec iov = {buf.Data(), buf.Length()};
+  ssize_t n = write ? pwritev2(fd, &iov, 1, static_cast<off_t>(off), RWF_NOWAIT) : preadv2(fd, &iov, 1, static_cast<off_t>(off), RWF_NOWAIT);
+  if (n >= 0) return Napi::Number::New(env, static_cast<double>(n));
+  if (errno == EAGAIN) return Napi::Number::New(env, kNoWaitAgain);
+  if (errno == EOPNOTSUPP || errno == EINVAL) return Napi::Number::New(env, kNoWaitUnsupported);
+  throw ErrnoError(env, errno, write ? "pwritev2" : "preadv2");
+}
+
 enum class RangeOp { PunchHole, ZeroRange, BlkDiscard, BlkZeroOut };
 
 const char* RangeOpName(RangeOp op) {
@@ -216,6 +241,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("zeroRange", Napi::Function::New(env, RangeAsync<RangeOp::ZeroRange>));
   exports.Set("blkDiscard", Napi::Function::New(env, RangeAsync<RangeOp::BlkDiscard>));
   exports.Set("blkZeroOut", Napi::Function::New(env, RangeAsync<RangeOp::BlkZeroOut>));
+  exports.Set("preadNoWait", Napi::Function::New(env, IoNoWait<false>));
+  exports.Set("pwriteNoWait", Napi::Function::New(env, IoNoWait<true>));
   exports.Set("punchHoleSync", Napi::Function::New(env, RangeSync<RangeOp::PunchHole>));
   tsdm::InitDevNode(env, exports);
   tsdm::InitNbdAttach(env, exports);

@@ -1,7 +1,7 @@
 import fs from "node:fs";
 import type { Bio } from "./bio.js";
 import type { BlockDevice } from "./block-device.js";
-import { native } from "./native.js";
+import { NOWAIT_UNSUPPORTED, native } from "./native.js";
 import { claimBlockDevice, type BlockClaim } from "./block-claims.js";
 import { MAX_ALLOCATION_RUNS, dataRun, holeRun, pushRun, type AllocationRun } from "./allocation.js";
 import { DmError, fromSystemError } from "../core/errors.js";
@@ -12,6 +12,11 @@ import { SECTOR_SIZE, type Sector } from "../core/units.js";
  * cache (pread/pwrite on the libuv pool); FUA writes go through a second descriptor opened O_DSYNC so that only
  * that write waits for the disk; flush is fdatasync. Discards punch holes in files and become BLKDISCARD on
  * block devices. A block device is claimed exclusively while open, as dm does (block-claims.ts).
+ *
+ * Elsewhere, small reads and writes first try RWF_NOWAIT on the calling thread: what the page cache holds is
+ * copied at once (the pool round trip is most of a 4 KiB request's latency), and what would wait (a page to
+ * read from disk, a lock, dirty throttling, block allocation) goes to the pool as before. Files that refuse
+ * RWF_NOWAIT (buffered writes on ext4) stop being tried.
  *
  * Files on tmpfs/ramfs are memory: a pread or pwrite of a few pages there costs a memcpy, while the round trip
  * through the libuv pool (queue, wake a worker, wake the loop) costs several times that in CPU and latency. Small
@@ -24,6 +29,9 @@ export class FileDevice implements BlockDevice {
   private closed = false;
   /** Writes of this file running on the libuv pool (see the class comment). */
   private poolWrites = 0;
+  /** RWF_NOWAIT is worth trying (cleared when the file refuses it). */
+  private noWaitReads: boolean;
+  private noWaitWrites: boolean;
 
   private constructor(
     readonly path: string,
@@ -39,6 +47,7 @@ export class FileDevice implements BlockDevice {
     private readonly claim: BlockClaim | undefined,
   ) {
     this.kernelName = isBlockDevice ? blockDeviceName(path) : path;
+    this.noWaitReads = this.noWaitWrites = !memoryBacked;
   }
 
   get label(): string {
@@ -74,15 +83,35 @@ export class FileDevice implements BlockDevice {
     if (this.closed) return Promise.reject(new DmError("ENXIO", `${this.path} is closed`));
     const pos = bio.sector * 512;
     switch (bio.op) {
-      case "read":
-        if (this.memoryBacked && bio.data!.length <= SYNC_IO_MAX) return settle(readFullySync, this.fd, bio.data!, pos);
-        return readFully(this.fd, bio.data!, pos);
+      case "read": {
+        const buf = bio.data!;
+        if (buf.length > SYNC_IO_MAX) return readFully(this.fd, buf, pos);
+        if (this.memoryBacked) return settle(readFullySync, this.fd, buf, pos);
+        if (!this.noWaitReads) return readFully(this.fd, buf, pos);
+        const n = noWait(native.preadNoWait, this.fd, buf, pos);
+        if (n instanceof Error) return Promise.reject(n);
+        if (n === buf.length) return DONE;
+        if (n === 0) return (buf.fill(0), DONE); // past the end of the file, as readFully
+        if (n === NOWAIT_UNSUPPORTED) this.noWaitReads = false;
+        return n > 0 ? readFully(this.fd, buf.subarray(n), pos + n) : readFully(this.fd, buf, pos);
+      }
       case "write": {
         if (this.readOnly) return Promise.reject(new DmError("EROFS", `${this.path} is read-only`));
+        const buf = bio.data!;
         const fd = bio.fua ? this.syncFd : this.fd;
-        if (this.memoryBacked && bio.data!.length <= SYNC_IO_MAX && this.poolWrites === 0) return settle(writeFullySync, fd, bio.data!, pos);
-        this.poolWrites++;
-        return writeFully(fd, bio.data!, pos).finally(() => this.poolWrites--);
+        if (buf.length <= SYNC_IO_MAX) {
+          if (this.memoryBacked) {
+            if (this.poolWrites === 0) return settle(writeFullySync, fd, buf, pos);
+          } else if (this.noWaitWrites && !bio.fua) {
+            // Not FUA: an O_DSYNC write has to wait for the disk. A locked inode is EAGAIN here, not a wait.
+            const n = noWait(native.pwriteNoWait, fd, buf, pos);
+            if (n instanceof Error) return Promise.reject(n);
+            if (n === buf.length) return DONE;
+            if (n === NOWAIT_UNSUPPORTED) this.noWaitWrites = false;
+            if (n > 0) return this.poolWrite(fd, buf.subarray(n), pos + n);
+          }
+        }
+        return this.poolWrite(fd, buf, pos);
       }
       case "flush":
         return new Promise((resolve, reject) => fs.fdatasync(this.fd, (err) => (err ? reject(err) : resolve())));
@@ -101,6 +130,11 @@ export class FileDevice implements BlockDevice {
         return this.finish(op, bio.fua);
       }
     }
+  }
+
+  private poolWrite(fd: number, buf: Buffer, pos: number): Promise<void> {
+    this.poolWrites++;
+    return writeFully(fd, buf, pos).finally(() => this.poolWrites--);
   }
 
   /**
@@ -139,7 +173,9 @@ export class FileDevice implements BlockDevice {
   }
 }
 
-/** Largest request done synchronously on memory-backed files: beyond it the copy itself is worth a worker. */
+const DONE = Promise.resolve();
+
+/** Largest request done on the calling thread (memory-backed, RWF_NOWAIT): beyond it the copy itself is worth a worker. */
 const SYNC_IO_MAX = 64 << 10;
 const TMPFS_MAGIC = 0x01021994;
 const RAMFS_MAGIC = 0x858458f6;
@@ -150,6 +186,14 @@ function isMemoryFs(path: string): boolean {
     return t === TMPFS_MAGIC || t === RAMFS_MAGIC;
   } catch {
     return false;
+  }
+}
+
+function noWait(io: (fd: number, buf: Buffer, pos: number) => number, fd: number, buf: Buffer, pos: number): number | Error {
+  try {
+    return io(fd, buf, pos);
+  } catch (err) {
+    return err as Error;
   }
 }
 

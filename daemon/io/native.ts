@@ -16,6 +16,12 @@ export interface BlockOps {
   seekHole(fd: number, offset: number): number;
   /** flock(LOCK_SH or LOCK_EX, non-blocking): false when another open file holds a conflicting lock. */
   tryFlock(fd: number, exclusive: boolean): boolean;
+  /**
+   * One preadv2/pwritev2 with RWF_NOWAIT on the calling thread: bytes done (possibly short), NOWAIT_AGAIN when
+   * nothing could be done without waiting, NOWAIT_UNSUPPORTED when the file does not take RWF_NOWAIT.
+   */
+  preadNoWait(fd: number, buf: Buffer, offset: number): number;
+  pwriteNoWait(fd: number, buf: Buffer, offset: number): number;
   punchHole(fd: number, offset: number | bigint, length: number | bigint): Promise<void>;
   zeroRange(fd: number, offset: number | bigint, length: number | bigint): Promise<void>;
   blkDiscard(fd: number, offset: number | bigint, length: number | bigint): Promise<void>;
@@ -24,6 +30,9 @@ export interface BlockOps {
   /** One sd_notify datagram to `socketPath` ("@name": abstract). */
   sdNotify(socketPath: string, message: string): void;
 }
+
+export const NOWAIT_AGAIN = -1;
+export const NOWAIT_UNSUPPORTED = -2;
 
 function packageRoot(): string {
   // This module lives at <root>/daemon/io/native.ts (tsx) or <root>/dist/daemon/io/native.js (built).
