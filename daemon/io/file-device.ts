@@ -3,6 +3,7 @@ import type { Bio } from "./bio.js";
 import type { BlockDevice } from "./block-device.js";
 import { NOWAIT_UNSUPPORTED, native } from "./native.js";
 import { claimBlockDevice, type BlockClaim } from "./block-claims.js";
+import { onUserspaceBlockDevice } from "./backing-fs.js";
 import { MAX_ALLOCATION_RUNS, dataRun, holeRun, pushRun, type AllocationRun } from "./allocation.js";
 import { DmError, fromSystemError } from "../core/errors.js";
 import { SECTOR_SIZE, type Sector } from "../core/units.js";
@@ -16,7 +17,8 @@ import { SECTOR_SIZE, type Sector } from "../core/units.js";
  * Elsewhere, small reads and writes first try RWF_NOWAIT on the calling thread: what the page cache holds is
  * copied at once (the pool round trip is most of a 4 KiB request's latency), and what would wait (a page to
  * read from disk, a lock, dirty throttling, block allocation) goes to the pool as before. Files that refuse
- * RWF_NOWAIT (buffered writes on ext4) stop being tried.
+ * RWF_NOWAIT (buffered writes on ext4) stop being tried, and files on file systems that userspace serves
+ * (loop, nbd, ublk: maybe this daemon) never try it (backing-fs.ts).
  *
  * Files on tmpfs/ramfs are memory: a pread or pwrite of a few pages there costs a memcpy, while the round trip
  * through the libuv pool (queue, wake a worker, wake the loop) costs several times that in CPU and latency. Small
@@ -44,10 +46,12 @@ export class FileDevice implements BlockDevice {
     readonly readOnly: boolean,
     /** On tmpfs/ramfs: small I/O is done synchronously (see the class comment). */
     readonly memoryBacked: boolean,
+    /** RWF_NOWAIT may be tried (see the class comment). */
+    noWait: boolean,
     private readonly claim: BlockClaim | undefined,
   ) {
     this.kernelName = isBlockDevice ? blockDeviceName(path) : path;
-    this.noWaitReads = this.noWaitWrites = !memoryBacked;
+    this.noWaitReads = this.noWaitWrites = noWait && !memoryBacked;
   }
 
   get label(): string {
@@ -70,7 +74,9 @@ export class FileDevice implements BlockDevice {
       const lbs = isBlock ? native.blkLogicalBlockSize(fd) : 512;
       const devno = isBlock ? { major: major(st.rdev), minor: minor(st.rdev) } : { major: 0, minor: 0 };
       const memoryBacked = !isBlock && isMemoryFs(path);
-      return new FileDevice(path, fd, syncFd, isBlock, Math.floor(sizeBytes / 512) as Sector, lbs, devno, readOnly, memoryBacked, claim);
+      // A block device's own page cache is served by its driver: the device itself must not be one of ours.
+      const noWait = isBlock ? !onUserspaceBlockDevice(devno.major, devno.minor) : !onUserspaceBlockDevice(major(st.dev), minor(st.dev));
+      return new FileDevice(path, fd, syncFd, isBlock, Math.floor(sizeBytes / 512) as Sector, lbs, devno, readOnly, memoryBacked, noWait, claim);
     } catch (err) {
       claim?.release();
       if (fd >= 0) fs.closeSync(fd);

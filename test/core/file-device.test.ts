@@ -5,7 +5,8 @@ import path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { Sector } from "../../daemon/core/units.js";
 import type { Bio } from "../../daemon/io/bio.js";
-import { FileDevice } from "../../daemon/io/file-device.js";
+import { onUserspaceBlockDevice } from "../../daemon/io/backing-fs.js";
+import { FileDevice, major, minor } from "../../daemon/io/file-device.js";
 
 /**
  * FileDevice's three ways to a file: on the calling thread (tmpfs; RWF_NOWAIT elsewhere, which does what the
@@ -96,5 +97,26 @@ describe.each(dirs.map((d, i) => [d, i] as const))("FileDevice on %s", (_dir, i)
     } finally {
       await dev.close();
     }
+  });
+});
+
+describe("file systems served from userspace (no work on the event loop for files there)", () => {
+  it.runIf(process.getuid?.() === 0)("a loop device is; the disk holding the test's temp dir is not", () => {
+    const img = path.join(work[0]!, "disk.img");
+    fs.writeFileSync(img, Buffer.alloc(0));
+    fs.truncateSync(img, 8 << 20);
+    const loop = execFileSync("losetup", ["-f", "--show", img], { encoding: "utf8" }).trim();
+    try {
+      const devOf = (p: string): [number, number] => {
+        const rdev = fs.statSync(p).rdev;
+        return [major(rdev), minor(rdev)];
+      };
+      expect(onUserspaceBlockDevice(...devOf(loop))).toBe(true);
+    } finally {
+      execFileSync("losetup", ["-d", loop]);
+    }
+    const tmpDev = fs.statSync(os.tmpdir()).dev;
+    const name = major(tmpDev) === 0 ? "" : path.basename(fs.realpathSync(`/sys/dev/block/${major(tmpDev)}:${minor(tmpDev)}`));
+    if (!/^(loop|nbd|ublkb)/.test(name)) expect(onUserspaceBlockDevice(major(tmpDev), minor(tmpDev))).toBe(false);
   });
 });
