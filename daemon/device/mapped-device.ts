@@ -70,6 +70,10 @@ export class MappedDevice {
   get logicalBlockSize(): number {
     return this.live?.logicalBlockSize ?? 512;
   }
+  /** io_opt in bytes (0: no preference). */
+  get optimalIoBytes(): number {
+    return this.live?.optimalIoBytes ?? 0;
+  }
 
   /** Run control operations on this device one at a time, in call order. */
   serialize<T>(fn: () => Promise<T>): Promise<T> {

@@ -124,6 +124,16 @@ export class Table {
     return lbs;
   }
 
+  /** io_opt of the table: the least common multiple of its targets' (blk_stack_limits), 0 for none. */
+  get optimalIoBytes(): number {
+    let opt = 0;
+    for (const e of this.entries) {
+      const t = e.target.optimalIoBytes ?? 0;
+      if (t > 0) opt = opt === 0 ? t : (opt / gcd(opt, t)) * t;
+    }
+    return Number.isSafeInteger(opt) ? opt : 0;
+  }
+
   /** Underlying devices of every target (iterate_devices), deduplicated by label. */
   devices(): BlockDevice[] {
     const seen = new Map<string, BlockDevice>();
@@ -262,4 +272,9 @@ async function destroyEntries(entries: readonly TableEntry[], opts?: DestroyOpti
 
 async function closeAll(devices: readonly BlockDevice[]): Promise<void> {
   await Promise.all(devices.map((d) => d.close().catch(() => undefined)));
+}
+
+function gcd(a: number, b: number): number {
+  while (b) [a, b] = [b, a % b];
+  return a;
 }

@@ -37,10 +37,15 @@ export interface BlockSizes {
   max: number;
 }
 
-/** NBD_INFO_BLOCK_SIZE: bios are whole sectors (or the device's logical blocks), at most MAX_PAYLOAD. */
+/**
+ * NBD_INFO_BLOCK_SIZE: bios are whole sectors (or the device's logical blocks), at most MAX_PAYLOAD; the
+ * preferred size is the table's io_opt when the protocol can say it (a power of two, within the payload).
+ */
 export function blockSizes(dev: MappedDevice): BlockSizes {
   const min = Math.max(MIN_BLOCK, dev.logicalBlockSize);
-  return { min, preferred: Math.max(min, PREFERRED_BLOCK), max: MAX_PAYLOAD };
+  const opt = dev.optimalIoBytes;
+  const preferred = opt > 0 && (opt & (opt - 1)) === 0 && opt <= MAX_PAYLOAD ? opt : PREFERRED_BLOCK;
+  return { min, preferred: Math.max(min, preferred), max: MAX_PAYLOAD };
 }
 
 export function exportDescription(dev: MappedDevice): string {

@@ -3,7 +3,7 @@ import type { Bio } from "../io/bio.js";
 import { subBio } from "../io/bio.js";
 import type { BlockDevice } from "../io/block-device.js";
 import { DmError } from "../core/errors.js";
-import type { Sector } from "../core/units.js";
+import { SECTOR_SIZE, type Sector } from "../core/units.js";
 import { checkDeviceArea, kstrtouint, openTargetDevice, scanSector } from "./kernel-args.js";
 
 /** Errors per stripe after which no more events are raised (the kernel's DM_IO_ERROR_THRESHOLD). */
@@ -56,6 +56,11 @@ class StripedTarget implements Target {
     private readonly stripes: readonly Stripe[],
     private readonly chunkSize: number,
   ) {}
+
+  /** io_opt as the kernel's stripe_io_hints: one full row (io_min, one chunk, has no NBD equivalent). */
+  get optimalIoBytes(): number {
+    return this.chunkSize * this.stripes.length * SECTOR_SIZE;
+  }
 
   /** stripe_map_sector: target sector → (stripe index, sector on that stripe relative to its offset). */
   private mapSector(sector: number): { stripe: number; sector: number } {

@@ -60,6 +60,11 @@ export interface Target {
   devices?(): readonly BlockDevice[];
   /** io_hints: the logical block size this target needs (default: the largest of its devices', or 512). */
   readonly logicalBlockSize?: number;
+  /**
+   * io_hints: the I/O size that avoids a penalty (the kernel's io_opt), in bytes: era's block, a striped
+   * row. Absent: no preference. Exported as NBD's preferred block size where it is a power of two.
+   */
+  readonly optimalIoBytes?: number;
   /** Number of sectors the target can take in one bio; larger bios are split at this boundary (max_io_len). */
   readonly maxIoSectors?: number;
 }

@@ -3,6 +3,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Sector } from "../../daemon/core/units.js";
+import { makeFile } from "../helpers/registry.js";
 import { RawClient } from "./raw-client.js";
 import { run, runOk, startNbd, type NbdFixture } from "./fixture.js";
 
@@ -15,6 +16,22 @@ describe("NBD server with real clients", () => {
   });
   afterAll(async () => {
     await fx?.close();
+  });
+
+  it("the preferred block size is the table's io_opt where NBD can say it: era's block, a striped row", async () => {
+    const mk = async (name: string, table: string): Promise<number> => {
+      const dev = fx.reg.create({ name });
+      const [start, length, type, ...params] = table.split(" ");
+      await dev.load([{ start: Number(start) as Sector, length: Number(length) as Sector, type: type!, params: params.join(" ") }], false);
+      await dev.resume({ noflush: false });
+      return JSON.parse(await runOk("nbdinfo", ["--json", fx.uri(name)])).exports[0]["block_size_preferred"] as number;
+    };
+    const data = makeFile(fx.dir, "io-opt.img", 8 << 20, "zero");
+    const meta = (n: string): string => makeFile(fx.dir, `${n}.meta`, 4 << 20, "zero");
+    expect(await mk("opt-era-64k", `0 16384 era ${meta("a")} ${data} 128`)).toBe(65536);
+    expect(await mk("opt-era-12k", `0 16384 era ${meta("b")} ${data} 24`)).toBe(4096); // not a power of two
+    expect(await mk("opt-striped", `0 16384 striped 2 64 ${data} 0 ${data} 8192`)).toBe(65536);
+    expect(await mk("opt-linear", `0 16384 linear ${data} 0`)).toBe(4096);
   });
 
   it("lists only devices with a live table, with size, flags and block sizes", async () => {

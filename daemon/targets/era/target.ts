@@ -103,6 +103,14 @@ export class EraTarget implements Target {
     this.inCore = new Uint32Array(0);
   }
 
+  /**
+   * io_opt as the kernel's era_io_hints: the era block (it keeps a lower device's io_opt that the block size
+   * divides; tsdm devices below export none, so the block it is).
+   */
+  get optimalIoBytes(): number {
+    return this.blockSize * 512;
+  }
+
   /** Run `fn` after everything queued before it: the kernel's single worker thread. */
   private serial<T>(fn: () => Promise<T>): Promise<T> {
     const r = this.tail.then(fn);
