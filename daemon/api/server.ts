@@ -1,6 +1,7 @@
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
+import tls from "node:tls";
 import { Server, ServerCredentials, type ServerInterceptor } from "@grpc/grpc-js";
 import { HealthImplementation } from "grpc-health-check";
 import { DeviceMapperServiceService } from "../../gen/tsdm/v1/tsdm.js";
@@ -23,7 +24,8 @@ export class ApiServer {
   readonly server: Server;
   readonly health: HealthImplementation;
   private readonly unixPaths: string[] = [];
-  private readonly localListeners: { listener: net.Server; destroy: () => void }[] = [];
+  /** Listeners of our own (local and TLS), each feeding accepted connections to grpc-js through an injector. */
+  private readonly ownListeners: { listener: net.Server; destroy: () => void }[] = [];
 
   constructor(private readonly opts: ApiServerOptions) {
     this.server = new Server({ "grpc.keepalive_time_ms": 60_000, interceptors: opts.interceptors ?? [] });
@@ -58,7 +60,7 @@ export class ApiServer {
       labelLocalPeer(sock);
       injector.injectConnection(sock);
     });
-    this.localListeners.push({ listener, destroy: () => injector.destroy() });
+    this.ownListeners.push({ listener, destroy: () => injector.destroy() });
     return new Promise<void>((resolve, reject) => {
       listener.once("error", reject);
       listener.once("listening", () => {
@@ -69,18 +71,46 @@ export class ApiServer {
     });
   }
 
-  /** TCP with TLS and required client certificates. Returns the bound port. */
-  async listenTls(hostPort: string, tls: { ca: Buffer; cert: Buffer; key: Buffer }): Promise<number> {
-    const creds = ServerCredentials.createSsl(tls.ca, [{ cert_chain: tls.cert, private_key: tls.key }], true);
-    return this.bind(hostPort, creds);
-  }
-
-  private bind(address: string, creds: ServerCredentials): Promise<number> {
-    return new Promise((resolve, reject) => this.server.bindAsync(address, creds, (err, port) => (err ? reject(err) : resolve(port))));
+  /**
+   * TCP with TLS and required client certificates. Returns the bound port. The TLS listener is ours; each
+   * verified connection goes to grpc-js as an already secure stream (where call.getAuthContext() still sees
+   * the peer certificate), so that a refused handshake is logged with its peer and reason: grpc-js's own TLS
+   * listener drops them without a word.
+   */
+  async listenTls(hostPort: string, material: { ca: Buffer; cert: Buffer; key: Buffer }): Promise<number> {
+    const m = /^(.*):([0-9]+)$/.exec(hostPort);
+    if (!m) throw new Error(`--listen takes HOST:PORT (got ${hostPort})`);
+    const host = m[1]!.replace(/^\[(.*)\]$/, "$1");
+    const injector = this.server.createConnectionInjector(ServerCredentials.createInsecure());
+    const log = this.opts.log;
+    const refuse = (sock: tls.TLSSocket, why: string): void => {
+      log.warn("TLS handshake refused", { peer: `${sock.remoteAddress}:${sock.remotePort}`, error: why });
+      // close_notify and FIN, not a reset: the client then reports a closed handshake rather than ECONNRESET.
+      sock.end();
+      setTimeout(() => sock.destroy(), 1000).unref();
+    };
+    // The certificate is checked here rather than by rejectUnauthorized, which drops a bad one without a word.
+    const listener = tls.createServer({ ca: material.ca, cert: material.cert, key: material.key, requestCert: true, rejectUnauthorized: false, ALPNProtocols: ["h2"], handshakeTimeout: TLS_HANDSHAKE_MS });
+    listener.on("secureConnection", (sock) => {
+      if (!sock.authorized) {
+        const sent = Boolean(sock.getPeerCertificate()?.raw);
+        return refuse(sock, sent ? `client certificate refused: ${String(sock.authorizationError)}` : "no client certificate");
+      }
+      injector.injectConnection(sock);
+    });
+    listener.on("tlsClientError", (err, sock) => refuse(sock, err.message));
+    this.ownListeners.push({ listener, destroy: () => injector.destroy() });
+    return new Promise<number>((resolve, reject) => {
+      listener.once("error", reject);
+      listener.listen({ host, port: Number(m[2]) }, () => {
+        listener.off("error", reject);
+        resolve((listener.address() as net.AddressInfo).port);
+      });
+    });
   }
 
   async close(): Promise<void> {
-    for (const l of this.localListeners) l.listener.close(); // no new local callers from here on
+    for (const l of this.ownListeners) l.listener.close(); // no new local callers from here on
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
         this.server.forceShutdown();
@@ -92,9 +122,12 @@ export class ApiServer {
       });
     });
     for (const p of this.unixPaths) fs.rmSync(p, { force: true });
-    for (const l of this.localListeners) l.destroy();
+    for (const l of this.ownListeners) l.destroy();
   }
 }
+
+/** A TLS client has this long to complete its handshake (Node's TLS servers default to 120 s). */
+const TLS_HANDSHAKE_MS = 10_000;
 
 /** The first socket passed by systemd (LISTEN_FDS/LISTEN_PID), if this process was socket-activated. */
 export function inheritedSocketFd(env: NodeJS.ProcessEnv = process.env): number | undefined {

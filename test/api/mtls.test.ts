@@ -97,6 +97,10 @@ describe("remote API with mutual TLS", () => {
       expect(f.code).toBe(Code.UNAVAILABLE);
       c.close();
     }
+    // Each refusal is logged with the peer and the reason.
+    const refusals = d.log().split("\n").filter((l) => l.includes('"msg":"TLS handshake refused"')).map((l) => JSON.parse(l));
+    expect(refusals.map((r) => r.error)).toEqual(expect.arrayContaining(["no client certificate", expect.stringMatching(/^client certificate refused: [A-Z_]+$/)]));
+    for (const r of refusals) expect(r.peer).toMatch(/^127\.0\.0\.1:\d+$/);
   });
 
   it("refuses to start --listen without TLS material or an authz file", async () => {
