@@ -2,7 +2,8 @@
 // over io_uring URING_CMDs; the daemon serves them with its own mapped devices.
 //
 // Control plane: /dev/ublk-control, one synchronous SQE128 ring per command sequence (ADD_DEV, SET_PARAMS,
-// START_DEV, STOP_DEV, DEL_DEV), driven from the libuv thread pool.
+// START_DEV, STOP_DEV, DEL_DEV), driven from the libuv thread pool. ublkDeleteOrphan deletes a device that a
+// killed daemon left behind (GET_DEV_INFO, STOP_DEV, DEL_DEV_ASYNC).
 // Data plane: one hardware queue served by its own thread and ring. Every tag has a fixed buffer; a
 // FETCH_REQ completion means "request `tag` is ready"; the request goes to JS through a thread-safe function;
 // JS answers with ublkComplete(), which queues the result and wakes the queue thread through an eventfd; the
@@ -11,6 +12,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
@@ -22,6 +24,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/syscall.h>
 #include <thread>
 #include <unistd.h>
@@ -40,6 +43,10 @@ constexpr unsigned kCmdDelDev = TSDM_UBLK_CTRL(_IOWR, 0x05);
 constexpr unsigned kCmdStartDev = TSDM_UBLK_CTRL(_IOWR, 0x06);
 constexpr unsigned kCmdStopDev = TSDM_UBLK_CTRL(_IOWR, 0x07);
 constexpr unsigned kCmdSetParams = TSDM_UBLK_CTRL(_IOWR, 0x08);
+constexpr unsigned kCmdGetDevInfo = TSDM_UBLK_CTRL(_IOR, 0x02);
+// Deletes without waiting for the disk to be released (a file system may still be mounted on it): added in 6.9,
+// its handling fixed in 6.11 (and stable); kernels without it answer -EOPNOTSUPP.
+constexpr unsigned kCmdDelDevAsync = TSDM_UBLK_CTRL(_IOR, 0x14);
 constexpr unsigned kIoFetchReq = TSDM_UBLK_IO(0x20);
 constexpr unsigned kIoCommitAndFetchReq = TSDM_UBLK_IO(0x21);
 constexpr int kIoResAbort = -ENODEV;
@@ -154,6 +161,8 @@ const char* OpName(unsigned op) {
     case kCmdStartDev: return "UBLK_CMD_START_DEV";
     case kCmdStopDev: return "UBLK_CMD_STOP_DEV";
     case kCmdSetParams: return "UBLK_CMD_SET_PARAMS";
+    case kCmdGetDevInfo: return "UBLK_CMD_GET_DEV_INFO";
+    case kCmdDelDevAsync: return "UBLK_CMD_DEL_DEV_ASYNC";
   }
   return "ublk control";
 }
@@ -176,6 +185,10 @@ struct Completion {
 class Device {
  public:
   uint32_t devId = UINT32_MAX;
+  // Stored in the device's ublksrv_flags at ADD_DEV (the driver keeps that field as given, for the server's
+  // own use) and in the attach record: after a crash it names this very device, even once the kernel has
+  // stopped it and reset its ublksrv_pid to -1.
+  uint64_t cookie = 0;
   uint16_t depth = 64;
   uint32_t maxIoBytes = 512 << 10;
   int ctrlFd = -1;
@@ -318,6 +331,109 @@ void Device::Run() {
   threadExited = true;
 }
 
+std::string HexCookie(uint64_t v) {
+  char buf[17];
+  snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+// ---- orphans of a killed daemon ----
+
+struct OrphanResult {
+  const char* status = "failed";  // deleted | gone | foreign | in-use | failed (see native-attach.ts)
+  std::string reason;
+};
+
+// Delete ublk device `devId` if it is the one a dead daemon (pid `pid`) added with `cookie`: its ublksrv_flags
+// carry the cookie, its ublksrv_pid is that daemon's or -1 (the kernel stopped the disk when the server's
+// io_uring went away), and nobody holds its char device (a live server always does; the driver allows one
+// opener). Holding the char device ourselves keeps anyone from taking it over until STOP_DEV is done.
+// `allowSyncDel`: the disk is not held, so the waiting DEL_DEV may stand in where DEL_DEV_ASYNC is missing.
+OrphanResult DeleteOrphan(uint32_t devId, int pid, uint64_t cookie, bool allowSyncDel) {
+  OrphanResult out;
+  auto say = [&](const char* status, const std::string& why) {
+    out.status = status;
+    out.reason = why;
+    return out;
+  };
+  if (pid <= 0 || pid == getpid()) return say("foreign", "pid " + std::to_string(pid) + " is not a previous daemon");
+  int ctrl = open("/dev/ublk-control", O_RDWR | O_CLOEXEC);
+  if (ctrl < 0) {
+    int e = errno;
+    return say(e == ENOENT ? "gone" : "failed", std::string("open /dev/ublk-control: ") + strerror(e));
+  }
+  struct CloseFd {
+    int fd;
+    ~CloseFd() { if (fd >= 0) close(fd); }
+  } ctrlGuard{ctrl};
+  ublksrv_ctrl_dev_info info{};
+  ublksrv_ctrl_cmd c{};
+  c.dev_id = devId;
+  c.queue_id = UINT16_MAX;
+  c.len = sizeof info;
+  c.addr = reinterpret_cast<uint64_t>(&info);
+  int r = CtrlCmd(ctrl, kCmdGetDevInfo, c);
+  if (r == -ENODEV) return say("gone", "no ublk device " + std::to_string(devId));
+  if (r < 0) return say("failed", std::string(OpName(kCmdGetDevInfo)) + ": " + strerror(-r));
+  if (info.ublksrv_flags != cookie) return say("foreign", "ublk device " + std::to_string(devId) + " is not the one the previous daemon added");
+  if (info.ublksrv_pid != pid && info.ublksrv_pid != -1)
+    return say("foreign", "ublk device " + std::to_string(devId) + " is served by pid " + std::to_string(info.ublksrv_pid));
+  std::string cdev = "/dev/ublkc" + std::to_string(devId);
+  int charFd = -1;
+  for (int i = 0; i < 300 && charFd < 0; i++) {  // a dying server's ring may hold it for a moment after exit
+    charFd = open(cdev.c_str(), O_RDWR | O_CLOEXEC);
+    if (charFd < 0 && errno != EBUSY) break;
+    if (charFd < 0) usleep(10000);
+  }
+  if (charFd < 0) {
+    int e = errno;
+    return say(e == EBUSY ? "in-use" : "failed", "open " + cdev + ": " + strerror(e) + (e == EBUSY ? " (its server still holds it)" : ""));
+  }
+  CloseFd charGuard{charFd};
+  const bool wasLive = info.state != UBLK_S_DEV_DEAD;
+  c = ublksrv_ctrl_cmd{};
+  c.dev_id = devId;
+  c.queue_id = UINT16_MAX;
+  if ((r = CtrlCmd(ctrl, kCmdStopDev, c)) < 0) return say("failed", std::string(OpName(kCmdStopDev)) + ": " + strerror(-r));
+  close(charFd);  // the waiting DEL_DEV would wait for this reference too
+  charGuard.fd = -1;
+  r = CtrlCmd(ctrl, kCmdDelDevAsync, c);
+  if (r == -EOPNOTSUPP) {
+    // A kernel without a working DEL_DEV_ASYNC: DEL_DEV waits until the disk is released, forever while a
+    // file system is still mounted on it, so only when nothing holds it.
+    if (!allowSyncDel) return say("in-use", "this kernel has no UBLK_CMD_DEL_DEV_ASYNC and the disk is still held");
+    r = CtrlCmd(ctrl, kCmdDelDev, c);
+    if (r < 0) return say("failed", std::string(OpName(kCmdDelDev)) + ": " + strerror(-r));
+  } else if (r < 0) {
+    return say("failed", std::string(OpName(kCmdDelDevAsync)) + ": " + strerror(-r));
+  }
+  return say("deleted", wasLive ? "its disk was still live" : "its disk had been stopped by the kernel");
+}
+
+class DeleteOrphanWorker : public Napi::AsyncWorker {
+ public:
+  DeleteOrphanWorker(Napi::Env env, uint32_t devId, int pid, uint64_t cookie, bool allowSyncDel)
+      : Napi::AsyncWorker(env), devId_(devId), pid_(pid), cookie_(cookie), allowSyncDel_(allowSyncDel), deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override { r_ = DeleteOrphan(devId_, pid_, cookie_, allowSyncDel_); }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("deleted", Napi::Boolean::New(env, std::strcmp(r_.status, "deleted") == 0));
+    o.Set("status", Napi::String::New(env, r_.status));
+    o.Set("reason", Napi::String::New(env, r_.reason));
+    deferred_.Resolve(o);
+  }
+
+ private:
+  uint32_t devId_;
+  int pid_;
+  uint64_t cookie_;
+  bool allowSyncDel_;
+  OrphanResult r_;
+  Napi::Promise::Deferred deferred_;
+};
+
 // ---- JS side ----
 
 struct CreateParams {
@@ -334,7 +450,7 @@ class UblkDevice : public Napi::ObjectWrap<UblkDevice> {
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "UblkDevice",
                        {InstanceMethod("complete", &UblkDevice::CompleteJs), InstanceMethod("start", &UblkDevice::StartJs),
-                        InstanceAccessor("devId", &UblkDevice::DevId, nullptr)});
+                        InstanceAccessor("devId", &UblkDevice::DevId, nullptr), InstanceAccessor("cookie", &UblkDevice::Cookie, nullptr)});
   }
   explicit UblkDevice(const Napi::CallbackInfo& info) : Napi::ObjectWrap<UblkDevice>(info) {}
   std::shared_ptr<Device> dev;
@@ -344,6 +460,7 @@ class UblkDevice : public Napi::ObjectWrap<UblkDevice> {
  private:
   Napi::Value StartJs(const Napi::CallbackInfo& info);
   Napi::Value DevId(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), dev ? dev->devId : UINT32_MAX); }
+  Napi::Value Cookie(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), dev ? HexCookie(dev->cookie) : ""); }
 
   // complete(tag, result, data?): result = bytes done or -errno; data = READ payload to copy to the kernel.
   Napi::Value CompleteJs(const Napi::CallbackInfo& info) {
@@ -386,6 +503,7 @@ bool StartDevice(Device& d, const CreateParams& p, std::string* err) {
   info.max_io_buf_bytes = d.maxIoBytes;
   info.dev_id = UINT32_MAX;
   info.ublksrv_pid = getpid();
+  info.ublksrv_flags = d.cookie;
   ublksrv_ctrl_cmd c{};
   c.dev_id = UINT32_MAX;
   c.queue_id = UINT16_MAX;
@@ -557,6 +675,8 @@ Napi::Value UblkCreate(const Napi::CallbackInfo& info) {
   if (p.sizeBytes == 0 || p.sizeBytes % p.logicalBlockSize) throw Napi::RangeError::New(env, "sizeBytes must be a positive multiple of the block size");
 
   auto d = std::make_shared<Device>();
+  while (d->cookie == 0)
+    if (getrandom(&d->cookie, sizeof d->cookie, 0) != static_cast<ssize_t>(sizeof d->cookie)) throw Napi::Error::New(env, std::string("getrandom: ") + strerror(errno));
   d->depth = p.depth;
   d->maxIoBytes = p.maxIoBytes;
   // Requests cross threads as Request*; CallJs consumes them.
@@ -591,6 +711,22 @@ Napi::Value UblkStop(const Napi::CallbackInfo& info) {
   return pr;
 }
 
+// ublkDeleteOrphan(devId, pid, cookie, allowSyncDel) -> Promise<{deleted, status, reason}>; never rejects.
+Napi::Value UblkDeleteOrphan(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 4 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsString() || !info[3].IsBoolean())
+    throw Napi::TypeError::New(env, "ublkDeleteOrphan(devId, pid, cookie, allowSyncDel)");
+  std::string hex = info[2].As<Napi::String>().Utf8Value();
+  bool hexOk = hex.size() == 16 && hex.find_first_not_of("0123456789abcdefABCDEF") == std::string::npos;
+  uint64_t cookie = hexOk ? std::strtoull(hex.c_str(), nullptr, 16) : 0;
+  if (cookie == 0) throw Napi::TypeError::New(env, "cookie must be 16 hex digits");
+  auto* w = new DeleteOrphanWorker(env, info[0].As<Napi::Number>().Uint32Value(), info[1].As<Napi::Number>().Int32Value(), cookie,
+                                   info[3].As<Napi::Boolean>().Value());
+  Napi::Promise pr = w->Promise();
+  w->Queue();
+  return pr;
+}
+
 Napi::Value UblkAvailable(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
@@ -608,6 +744,7 @@ void InitUblk(Napi::Env env, Napi::Object exports) {
   exports.Set("ublkAvailable", Napi::Function::New(env, UblkAvailable));
   exports.Set("ublkCreate", Napi::Function::New(env, UblkCreate));
   exports.Set("ublkStop", Napi::Function::New(env, UblkStop));
+  exports.Set("ublkDeleteOrphan", Napi::Function::New(env, UblkDeleteOrphan));
 }
 
 }  // namespace tsdm

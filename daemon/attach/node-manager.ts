@@ -9,6 +9,7 @@ import { blockDeviceBusy, blockOpeners, kernelClaim } from "./kernel-dev.js";
 import { MapperNodes } from "./mapper-nodes.js";
 import { AttachRecords, bootId, diskseqOf, type AttachRecord } from "./records.js";
 import { chooseAttacher } from "./select.js";
+import { releaseRecordedUblk } from "./ublk.js";
 import type { AttachMethod, AttachMode, Attacher, Attachment, ExportRef } from "./types.js";
 
 export interface NodeManagerOptions {
@@ -279,7 +280,7 @@ export class NodeManager implements ExternalHolder {
     }
   }
 
-  /** Remove every node an earlier run recorded and detach its loop devices (fuse); see records.ts. */
+  /** Remove every node an earlier run recorded, detach its loop devices (fuse), delete its ublk devices; see records.ts. */
   private async undoRecorded(): Promise<void> {
     for (const rec of this.records?.list() ?? []) {
       try {
@@ -287,7 +288,7 @@ export class NodeManager implements ExternalHolder {
       } catch (err) {
         this.log.error("cannot remove the node of a previous run", { path: rec.node, error: String(err) });
       }
-      if (await releaseRecordedLoop(rec, this.log)) await this.records!.drop(rec.kernel.path);
+      if ((await releaseRecordedLoop(rec, this.log)) && (await releaseRecordedUblk(rec, this.log))) await this.records!.drop(rec.kernel.path);
     }
   }
 
@@ -302,6 +303,8 @@ export class NodeManager implements ExternalHolder {
       kernel: { path: n.path, major: n.major, minor: n.minor },
       diskseq: diskseqOf(n.path.replace(/^.*\//, "")),
       bootId: this.bootId,
+      pid: process.pid,
+      ublkCookie: e.attachment.ublkCookie,
     };
     await this.records.put(rec).catch((err) => this.log.error("cannot record attachment; a crash would leave its node behind", { device: e.name, error: String(err) }));
   }

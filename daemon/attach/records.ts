@@ -24,6 +24,14 @@ export interface AttachRecord {
   diskseq: string | undefined;
   /** Kernel device numbers mean nothing after a reboot. */
   bootId: string;
+  /** The daemon that attached it (absent in records of older versions). */
+  pid?: number;
+  /**
+   * ublk: the cookie the daemon put into the device's ublksrv_flags (UblkHandle.cookie). With `pid` it is how the
+   * next start recognises the device the crash left behind: the kernel resets ublksrv_pid to -1 when it stops
+   * the disk of a dead server.
+   */
+  ublkCookie?: string;
 }
 
 /** The records, one file per kernel device (`loop3.json`): an attach or detach rewrites one small file. */

@@ -34,6 +34,8 @@ export interface Attachment {
   readonly readOnly: boolean;
   /** NBD sessions the attachment holds on the device (each counts as an open of it): plumbing, not users. */
   readonly nbdSessions: number;
+  /** ublk: the device's cookie (UblkHandle.cookie), kept in its attach record. */
+  readonly ublkCookie?: string;
   detach(): Promise<void>;
 }
 

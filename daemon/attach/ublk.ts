@@ -5,8 +5,9 @@ import type { Sector } from "../core/units.js";
 import type { Bio } from "../io/bio.js";
 import type { MappedDevice } from "../device/mapped-device.js";
 import { waitFor } from "./exec.js";
-import { sysBlockDevno } from "./kernel-dev.js";
+import { blockDeviceBusy, sysBlockDevno } from "./kernel-dev.js";
 import { nativeAttach, type UblkHandle } from "./native-attach.js";
+import { bootId, type AttachRecord } from "./records.js";
 import type { Attacher, Attachment, AttachRequest } from "./types.js";
 
 // ublksrv_io_desc op codes and flags (include/uapi/linux/ublk_cmd.h).
@@ -61,10 +62,43 @@ export class UblkAttacher implements Attacher {
       sizeBytes: req.sizeBytes,
       readOnly: req.readOnly,
       nbdSessions: 0,
+      ublkCookie: handle.cookie,
       detach: () => (detached ??= nativeAttach.ublkStop(handle).catch((err) => {
         throw fromSystemError(err, `detach /dev/${kname}`);
       })),
     };
+  }
+}
+
+/**
+ * The ublk device of a recorded attachment whose daemon died (SIGKILL): the kernel keeps it (/dev/ublkcN, and
+ * its id) until someone deletes it. Deleted only if it is still the device that daemon added (ublksrv_flags
+ * carry the recorded cookie) and no server holds it (native/ublk.cc). Returns false to keep the record for the
+ * next start (still held, or a control command failed).
+ */
+export async function releaseRecordedUblk(rec: AttachRecord, log: Logger): Promise<boolean> {
+  if (rec.method !== "ublk" || rec.bootId !== bootId()) return true;
+  const devId = Number(/^\/dev\/ublkb(\d+)$/.exec(rec.kernel.path)?.[1] ?? NaN);
+  if (rec.pid === undefined || rec.ublkCookie === undefined || !Number.isInteger(devId)) {
+    log.warn("ublk device of a previous run left alone: its record (older version) cannot tell it apart", { device: rec.device, blockDevice: rec.kernel.path });
+    return true;
+  }
+  // DEL_DEV (the fallback for kernels without DEL_DEV_ASYNC) waits for the disk's release: only if nothing holds it.
+  const held = blockDeviceBusy(rec.kernel);
+  const r = await nativeAttach.ublkDeleteOrphan(devId, rec.pid, rec.ublkCookie, held === undefined);
+  const fields = { device: rec.device, devId, pid: rec.pid, why: held && r.status === "in-use" ? `${r.reason}: ${held}` : r.reason };
+  switch (r.status) {
+    case "deleted":
+      log.info(`deleted ublk device ${devId} left by a previous daemon (pid ${rec.pid})`, fields);
+      return true;
+    case "gone":
+      return true;
+    case "foreign":
+      log.info(`ublk device ${devId} is no longer the previous daemon's; left alone`, fields);
+      return true;
+    default:
+      log.error(`cannot delete ublk device ${devId} left by a previous daemon (pid ${rec.pid}); the next start tries again`, fields);
+      return false;
   }
 }
 

@@ -39,9 +39,10 @@ describe.runIf(enabled)("kernel VM oracles", () => {
     expect(out).not.toMatch(/^FAIL/m);
   }, 600_000);
 
-  it("attach: a tsdm device through kernel NBD and through ublk: mkfs, mount, fstrim, EBUSY, fsck, read back, detach", async () => {
+  it("attach: a tsdm device through kernel NBD and through ublk: mkfs, mount, fstrim, EBUSY, fsck, read back, detach; ublk device of a killed tsdmd deleted at restart", async () => {
     const methods = (process.env.METHODS ?? "nbd ublk").split(/\s+/).filter(Boolean);
     const out = await script("test/attach/kvm/run.sh", { METHODS: methods.join(" ") });
     for (const m of methods) expect(out).toContain(`PASS ${m}`);
+    if (methods.includes("ublk")) expect(out).toContain("PASS ublk-crash");
   }, 900_000);
 });

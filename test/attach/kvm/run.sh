@@ -13,7 +13,7 @@ for m in $METHODS; do disks+=(-d "$m=64M"); done
 shares=(-r "$REPO")
 if [ -L "$REPO/node_modules" ]; then shares+=(-r "$(readlink -f "$REPO/node_modules")"); fi
 rc=0
-"$KVM_TOOLS/run-guest.sh" -q -o "$OUT" -t 400 -m 1536 "${shares[@]}" -e REPO="$REPO" -e METHODS="$METHODS" "${disks[@]}" "$HERE/guest.sh" || rc=$?
+"$KVM_TOOLS/run-guest.sh" -q -o "$OUT" -t 560 -m 1536 "${shares[@]}" -e REPO="$REPO" -e METHODS="$METHODS" "${disks[@]}" "$HERE/guest.sh" || rc=$?
 grep -v '^\[ *[0-9.]*\]' "$OUT/console.log" || true
 echo "guest exit $rc; outputs in $OUT"
 exit $rc
