@@ -175,7 +175,7 @@ export class FileDevice implements BlockDevice {
     if (this.closed) return;
     this.closed = true;
     await Promise.all([closeFd(this.fd), this.syncFd >= 0 ? closeFd(this.syncFd) : undefined]);
-    this.claim?.release(); // after the descriptors: a mount right after a remove must find the device free
+    this.claim?.release(); // once nothing of ours writes to the device any more
   }
 }
 
