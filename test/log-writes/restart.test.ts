@@ -113,4 +113,38 @@ describe("log-writes across a daemon restart", () => {
     const atRestart = await replayTo(log, "tsdm-restart");
     expect([atRestart[0], atRestart[8192]]).toEqual([0x55, 0x66]);
   });
+
+  it("a restored inactive table continues the log where it ends at its resume, after what the live table logged meanwhile", async () => {
+    const { data, log } = files("i");
+    const table = `0 8192 log-writes ${data} ${log}`;
+    expect((await d.tsdmsetup(["create", "lwi", "--table", table])).code).toBe(0);
+    let c = await NbdClient.connect(d.nbdSocket, "lwi");
+    await c.write(0, Buffer.alloc(4096, 0x10), true);
+    await c.disconnect();
+    expect((await d.tsdmsetup(["load", "lwi", "--table", table])).code).toBe(0); // inactive, on the same log
+
+    await d.kill();
+    await d.restart();
+    // The live table goes on logging after the restart; the inactive one waits for its resume.
+    c = await NbdClient.connect(d.nbdSocket, "lwi");
+    await c.write(4096, Buffer.alloc(4096, 0x20), true);
+    await c.disconnect();
+    expect((await d.tsdmsetup(["message", "lwi", "0", "mark", "live-after-restart"])).code).toBe(0);
+    expect((await d.tsdmsetup(["resume", "lwi"])).code).toBe(0); // swap: the old table ends its log, the new one continues it
+    c = await NbdClient.connect(d.nbdSocket, "lwi");
+    await c.write(8192, Buffer.alloc(4096, 0x30), true);
+    await c.disconnect();
+    expect((await d.tsdmsetup(["remove", "lwi"])).code).toBe(0);
+
+    expect(describeEntries(readLog(log))).toEqual([
+      "fua0+8",
+      "mark:tsdm-restart", // the live table, restored
+      "fua8+8",
+      "mark:live-after-restart",
+      "mark:dm-log-writes-end", // its end, at the swap
+      "mark:tsdm-restart", // the inactive table, restored, from its resume on
+      "fua16+8",
+      "mark:dm-log-writes-end",
+    ]);
+  });
 });

@@ -26,10 +26,9 @@
 import type { Target, TargetContext, TargetType } from "../target.js";
 import type { BlockDevice } from "../../io/block-device.js";
 import { DmError } from "../../core/errors.js";
-import { SECTOR_SIZE, type Sector } from "../../core/units.js";
+import type { Sector } from "../../core/units.js";
 import { invalid, parseUintArg } from "../args.js";
 import { LogWritesTarget } from "./target.js";
-import { decodeEntry, decodeSuper, isMalformedEntry, LogFormatError, payloadBytes } from "./format.js";
 
 export const MAX_LOG_SECTOR_SIZE = 65536;
 
@@ -53,49 +52,10 @@ export const logWritesTarget: TargetType = {
     if (ctx.start % (Math.max(sectorSize, dev.logicalBlockSize) / 512) !== 0) {
       throw invalid(`Target start ${ctx.start} is not aligned to the ${sectorSize}-byte log sector size`);
     }
-    const target = new LogWritesTarget({ dev, logDev, sectorSize, explicitSectorSize: logSectorSize !== undefined, start: ctx.start, ctx, readOnly: ctx.readOnly, restored: ctx.restoring });
-    // After a daemon restart the device continues the log it had (up to its last super update) instead of
-    // starting over on top of it, which would destroy the record of the writes before the crash.
-    if (ctx.restoring && !ctx.readOnly) {
-      const at = await findLogEnd(logDev, sectorSize);
-      if (at) {
-        target.continueLog(at.entries, at.nextSector);
-        ctx.log("info", "continuing the existing log", { entries: at.entries, nextSector: at.nextSector });
-      }
-    }
-    return target;
+    // After a daemon restart the target continues the log it had (see `restored`).
+    return new LogWritesTarget({ dev, logDev, sectorSize, explicitSectorSize: logSectorSize !== undefined, start: ctx.start, ctx, readOnly: ctx.readOnly, restored: ctx.restoring });
   },
 };
-
-/**
- * Where an existing log on `logDev` ends: the number of entries its super block counts and the sector after the
- * last of them. Undefined when there is no valid log in this sector size (nothing to continue).
- */
-export async function findLogEnd(logDev: BlockDevice, sectorSize: number): Promise<{ entries: number; nextSector: number } | undefined> {
-  const unit = sectorSize / SECTOR_SIZE;
-  const read = async (sector: number): Promise<Buffer> => {
-    const data = Buffer.alloc(sectorSize);
-    await logDev.submit({ op: "read", sector: sector as Sector, count: unit as Sector, data, fua: false });
-    return data;
-  };
-  let sup;
-  try {
-    sup = decodeSuper(await read(0));
-  } catch (err) {
-    if (err instanceof LogFormatError) return undefined;
-    throw err;
-  }
-  if (sup.sectorSize !== sectorSize) return undefined;
-  let pos = unit;
-  for (let i = 0; i < sup.nrEntries; i++) {
-    if (pos + unit > logDev.size) return undefined;
-    const block = await read(pos);
-    const e = decodeEntry(block);
-    if (isMalformedEntry(block, e)) return undefined;
-    pos += unit + payloadBytes(e, sectorSize) / SECTOR_SIZE;
-  }
-  return { entries: sup.nrEntries, nextSector: pos };
-}
 
 /**
  * `<#opt_params> log_sector_size <bytes>`. The kernel ignores every argument after the two devices, so tsdm does

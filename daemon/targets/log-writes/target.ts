@@ -5,7 +5,7 @@ import { dataRun, type AllocationRun } from "../../io/allocation.js";
 import { sharedPool } from "../../io/buffer-pool.js";
 import { DmError } from "../../core/errors.js";
 import { SECTOR_SIZE, type Sector } from "../../core/units.js";
-import { END_MARK, LogFlag, RESTART_MARK, encodeEntry, encodeEntryInto, encodeSuper, logBlocks, markEntry, maxMarkLength, type LogEntryHeader } from "./format.js";
+import { END_MARK, LogFlag, LogFormatError, RESTART_MARK, decodeEntry, decodeSuper, encodeEntry, encodeEntryInto, encodeSuper, isMalformedEntry, logBlocks, markEntry, maxMarkLength, payloadBytes, type LogEntryHeader } from "./format.js";
 
 /**
  * dm-log-writes runtime semantics (kernel drivers/md/dm-log-writes.c, target 1.1.0):
@@ -86,8 +86,11 @@ export interface LogWritesConfig {
   /** Memory bounds (default MAX_HELD_BYTES / MAX_PENDING_BYTES; held must be below pending); tests set small ones. */
   readonly memory?: { readonly heldBytes: number; readonly pendingBytes: number };
   /**
-   * Brought back by a daemon restart: the first resume logs RESTART_MARK before any I/O, whether the log is
-   * continued (continueLog) or, having no valid super yet, started anew. After a kill -9, writes that reached the
+   * Brought back by a daemon restart: the first resume continues the log on the log device (up to its last super
+   * update) instead of starting over on top of it, which would destroy the record of the writes before the
+   * crash, and logs RESTART_MARK before any I/O (a log without a valid super yet is started anew). Where the log
+   * ends is read at that resume, not here: a restored inactive table resumes after the live one has gone on
+   * logging to the same device and ended its log. After a kill -9, writes that reached the
    * data device but were not logged yet (unflushed ones) are missing from the log; the mark shows where.
    */
   readonly restored?: boolean;
@@ -147,11 +150,6 @@ export class LogWritesTarget implements Target {
     this.restartMarkDue = (cfg.restored ?? false) && !cfg.readOnly;
   }
 
-  /** Append after `entries` existing entries, the next one at `nextSector` (restart of the daemon). */
-  continueLog(entries: number, nextSector: number): void {
-    this.loggedEntries = entries;
-    this.nextSector = nextSector;
-  }
 
   get logicalBlockSize(): number {
     return Math.max(this.dev.logicalBlockSize, this.sectorSize);
@@ -423,6 +421,13 @@ export class LogWritesTarget implements Target {
   async resume(): Promise<void> {
     if (!this.restartMarkDue) return;
     this.restartMarkDue = false;
+    const at = await findLogEnd(this.logDev, this.sectorSize);
+    if (at) {
+      // Nothing of this table is logged yet: its bios are held until this resume returns.
+      this.loggedEntries = at.entries;
+      this.nextSector = at.nextSector;
+      this.ctx.log("info", "continuing the existing log", { entries: at.entries, nextSector: at.nextSector });
+    }
     this.mark(RESTART_MARK);
   }
 
@@ -483,4 +488,34 @@ function isNotSupported(err: unknown): boolean {
   if (err instanceof DmError) return err.errno === "EOPNOTSUPP";
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
   return code === "EOPNOTSUPP" || code === "ENOTSUP" || code === "ENOTTY";
+}
+
+/**
+ * Where an existing log on `logDev` ends: the number of entries its super block counts and the sector after the
+ * last of them. Undefined when there is no valid log in this sector size (nothing to continue).
+ */
+export async function findLogEnd(logDev: BlockDevice, sectorSize: number): Promise<{ entries: number; nextSector: number } | undefined> {
+  const unit = sectorSize / SECTOR_SIZE;
+  const read = async (sector: number): Promise<Buffer> => {
+    const data = Buffer.alloc(sectorSize);
+    await logDev.submit({ op: "read", sector: sector as Sector, count: unit as Sector, data, fua: false });
+    return data;
+  };
+  let sup;
+  try {
+    sup = decodeSuper(await read(0));
+  } catch (err) {
+    if (err instanceof LogFormatError) return undefined;
+    throw err;
+  }
+  if (sup.sectorSize !== sectorSize) return undefined;
+  let pos = unit;
+  for (let i = 0; i < sup.nrEntries; i++) {
+    if (pos + unit > logDev.size) return undefined;
+    const block = await read(pos);
+    const e = decodeEntry(block);
+    if (isMalformedEntry(block, e)) return undefined;
+    pos += unit + payloadBytes(e, sectorSize) / SECTOR_SIZE;
+  }
+  return { entries: sup.nrEntries, nextSector: pos };
 }
