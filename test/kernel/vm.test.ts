@@ -15,9 +15,31 @@ const KVM_TOOLS = process.env.KVM_TOOLS ?? path.resolve(ROOT, "..", "shared", "t
 
 async function script(rel: string, env: NodeJS.ProcessEnv = {}): Promise<string> {
   expect(fs.existsSync(path.join(KVM_TOOLS, "run-guest.sh")), `kernel VM harness not found at ${KVM_TOOLS} (set KVM_TOOLS, or TSDM_KVM_TESTS=0 to leave these out)`).toBe(true);
-  const r = await run("bash", [path.join(ROOT, rel)], { env: { KVM_TOOLS, ...env }, timeoutMs: 600_000 });
-  expect(r.code, `${rel} failed:\n${r.stdout}\n${r.stderr}`).toBe(0);
-  return r.stdout + r.stderr;
+  for (let attempt = 1; ; attempt++) {
+    const r = await run("bash", [path.join(ROOT, rel)], { env: { KVM_TOOLS, ...env }, timeoutMs: 600_000 });
+    const out = r.stdout + r.stderr;
+    // The emulated guest kernel itself can die while booting (TCG has panicked in early init here, before any
+    // of our code ran): that is no test result, so such a run is repeated. A guest that booted never is.
+    if (r.code !== 0 && attempt < 3 && !guestBooted(out)) {
+      console.warn(`${rel}: the guest kernel did not boot (attempt ${attempt}); running it again`);
+      continue;
+    }
+    expect(r.code, `${rel} failed:\n${r.stdout}\n${r.stderr}`).toBe(0);
+    return out;
+  }
+}
+
+/** run-guest.sh writes OUT/boot-times, where guest-init records that it came up; it names OUT in its output. */
+function guestBooted(output: string): boolean {
+  const dirs = [...output.matchAll(/outputs in (\S+)/g)].map((m) => m[1]!.replace(/[;,)]$/, ""));
+  if (dirs.length === 0) return true; // cannot tell: treat as a real failure
+  return dirs.every((d) => {
+    try {
+      return fs.readFileSync(path.join(d, "boot-times"), "utf8").includes("guest-init:");
+    } catch {
+      return true;
+    }
+  });
 }
 
 // One file, so the VM runs one at a time (they share the guest build under $KVM_DIR).
