@@ -29,17 +29,23 @@ async function script(rel: string, env: NodeJS.ProcessEnv = {}): Promise<string>
   }
 }
 
-/** run-guest.sh writes OUT/boot-times, where guest-init records that it came up; it names OUT in its output. */
+/**
+ * run-guest.sh writes boot-times into its output dir, where guest-init records that it came up. Our scripts
+ * name their output dir ("outputs in DIR", also when they fail); the guest's is DIR or a directory in it.
+ */
 function guestBooted(output: string): boolean {
   const dirs = [...output.matchAll(/outputs in (\S+)/g)].map((m) => m[1]!.replace(/[;,)]$/, ""));
-  if (dirs.length === 0) return true; // cannot tell: treat as a real failure
-  return dirs.every((d) => {
+  const bootTimes = dirs.flatMap((d) => {
+    let subdirs: string[] = [];
     try {
-      return fs.readFileSync(path.join(d, "boot-times"), "utf8").includes("guest-init:");
+      subdirs = fs.readdirSync(d, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => path.join(d, e.name));
     } catch {
-      return true;
+      // gone: nothing to read
     }
+    return [d, ...subdirs].map((x) => path.join(x, "boot-times")).filter((f) => fs.existsSync(f));
   });
+  if (bootTimes.length === 0) return true; // cannot tell: treat it as a real failure
+  return bootTimes.every((f) => fs.readFileSync(f, "utf8").includes("guest-init:"));
 }
 
 // One file, so the VM runs one at a time (they share the guest build under $KVM_DIR).

@@ -13,15 +13,16 @@ ROOT="$(cd "$HERE/../../.." && pwd)"
 KVM_TOOLS="${KVM_TOOLS:-$ROOT/../shared/tools/kvm}"
 OUT="${1:-$(mktemp -d /tmp/tsdm-lw-kernel.XXXXXX)}"
 mkdir -p "$OUT"
+trap 'echo "outputs in $OUT"' EXIT
 SECTOR="${SECTOR:-512}"
-"$KVM_TOOLS/run-guest.sh" -q -o "$OUT/kernel" -t 600 -e SECTOR="$SECTOR" -d data=16M -d log=16M "$HERE/guest.sh" "$HERE/workload.txt"
+"$KVM_TOOLS/run-guest.sh" -q -c 1 -o "$OUT/kernel" -t 600 -e SECTOR="$SECTOR" -d data=16M -d log=16M "$HERE/guest.sh" "$HERE/workload.txt"
 mkdir -p "$OUT/tsdm"
 rm -f "$OUT/tsdm/data.img" "$OUT/tsdm/log.img"
 truncate -s 16M "$OUT/tsdm/data.img" "$OUT/tsdm/log.img"
 DATA="$OUT/tsdm/data.img"
 if [ "$SECTOR" != 512 ]; then
   DATA=$(losetup -f --show --sector-size "$SECTOR" "$OUT/tsdm/data.img")
-  trap 'losetup -d "$DATA"' EXIT
+  trap 'losetup -d "$DATA"; echo "outputs in $OUT"' EXIT
 fi
 node --import tsx "$HERE/tsdm-run.ts" "$HERE/workload.txt" "$DATA" "$OUT/tsdm/log.img" > "$OUT/tsdm/status.txt"
 rc=0
@@ -47,5 +48,4 @@ else
   rc=1; echo "LOG IMAGES DIFFER"; diff "$OUT/kernel/entries.txt" "$OUT/tsdm/entries.txt" || true
 fi
 echo "entries (kernel):"; cat "$OUT/kernel/entries.txt"
-echo "outputs in $OUT"
 exit $rc
