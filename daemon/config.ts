@@ -28,7 +28,7 @@ export interface DaemonConfig {
   nbdSocket: string;
   nbdListen?: { host: string; port: number };
   stateDir: string;
-  listen?: string;
+  listen?: { host: string; port: number };
   tls?: { ca: string; cert: string; key: string };
   authz?: string;
   attach: "auto" | "ublk" | "nbd" | "fuse" | "none";
@@ -79,8 +79,9 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
   let nbdListen: DaemonConfig["nbdListen"];
   if (values["nbd-listen"]) nbdListen = parseHostPort(values["nbd-listen"], "--nbd-listen");
   const tlsParts = [values["tls-ca"], values["tls-cert"], values["tls-key"]];
+  let listen: DaemonConfig["listen"];
   if (values.listen) {
-    parseHostPort(values.listen, "--listen");
+    listen = parseHostPort(values.listen, "--listen");
     if (tlsParts.some((p) => !p)) throw new ConfigError("--listen needs --tls-ca, --tls-cert and --tls-key: the remote API only speaks mutual TLS");
     if (!values.authz) throw new ConfigError("--listen needs --authz: remote callers are authorized by certificate CN");
   } else if (tlsParts.some((p) => p) || values.authz) {
@@ -96,7 +97,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv = process.env
     nbdSocket: values["nbd-socket"] ?? defaultNbdSocketPath(),
     nbdListen,
     stateDir: values["state-dir"] ?? defaultStateDir(),
-    listen: values.listen,
+    listen,
     tls: values.listen ? { ca: values["tls-ca"]!, cert: values["tls-cert"]!, key: values["tls-key"]! } : undefined,
     authz: values.authz,
     attach: attach as DaemonConfig["attach"],

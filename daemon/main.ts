@@ -93,8 +93,8 @@ export async function startDaemon(config: DaemonConfig, log: Logger = createLogg
     });
     undo.push(() => api.close());
     if (config.listen && tls) {
-      const port = await api.listenTls(config.listen, tls);
-      log.info("remote API listening (mTLS)", { listen: config.listen, port });
+      const port = await api.listenTls(config.listen.host, config.listen.port, tls);
+      log.info("remote API listening (mTLS)", { host: config.listen.host, port });
     }
     // The control socket last: once it answers, everything else is up.
     if (activatedFd !== undefined) await api.listenInherited(activatedFd);

@@ -77,10 +77,7 @@ export class ApiServer {
    * the peer certificate), so that a refused handshake is logged with its peer and reason: grpc-js's own TLS
    * listener drops them without a word.
    */
-  async listenTls(hostPort: string, material: { ca: Buffer; cert: Buffer; key: Buffer }): Promise<number> {
-    const m = /^(.*):([0-9]+)$/.exec(hostPort);
-    if (!m) throw new Error(`--listen takes HOST:PORT (got ${hostPort})`);
-    const host = m[1]!.replace(/^\[(.*)\]$/, "$1");
+  async listenTls(host: string, port: number, material: { ca: Buffer; cert: Buffer; key: Buffer }): Promise<number> {
     const injector = this.server.createConnectionInjector(ServerCredentials.createInsecure());
     const log = this.opts.log;
     const refuse = (sock: tls.TLSSocket, why: string): void => {
@@ -102,7 +99,7 @@ export class ApiServer {
     this.ownListeners.push({ listener, destroy: () => injector.destroy() });
     return new Promise<number>((resolve, reject) => {
       listener.once("error", reject);
-      listener.listen({ host, port: Number(m[2]) }, () => {
+      listener.listen({ host, port }, () => {
         listener.off("error", reject);
         resolve((listener.address() as net.AddressInfo).port);
       });
