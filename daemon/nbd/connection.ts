@@ -134,7 +134,7 @@ export class Connection {
     },
   };
 
-  /** `n` payload bytes arrived in place, in the current WRITE's buffer. */
+  /** `n` more payload bytes are in the current WRITE's buffer (read there in place, or copied from a chunk). */
   private payloadRead(n: number): void {
     this.wFill += n;
     if (this.wFill < this.wLength) return;
@@ -208,27 +208,12 @@ export class Connection {
           break;
         }
         case RxState.Payload: {
-          const need = this.wLength - this.wFill;
-          if (this.wFill === 0 && len - pos >= need) {
-            // The whole payload is here: copied out, as the buffer it sits in is read into again.
-            this.rx = RxState.Header;
-            const buf = sharedPool.get(need);
-            chunk.copy(buf, 0, pos, pos + need);
-            this.submitWrite(buf.subarray(0, need), buf);
-            pos += need;
-          } else {
-            const buf = (this.wBuf ??= sharedPool.get(this.wLength));
-            const n = Math.min(need, len - pos);
-            chunk.copy(buf, this.wFill, pos, pos + n);
-            this.wFill += n;
-            pos += n;
-            if (this.wFill === this.wLength) {
-              this.wBuf = undefined;
-              this.wFill = 0;
-              this.rx = RxState.Header;
-              this.submitWrite(buf.subarray(0, this.wLength), buf);
-            }
-          }
+          // Copied out into the payload's own buffer: the chunk it sits in is read into again.
+          const buf = (this.wBuf ??= sharedPool.get(this.wLength));
+          const n = Math.min(this.wLength - this.wFill, len - pos);
+          chunk.copy(buf, this.wFill, pos, pos + n);
+          pos += n;
+          this.payloadRead(n);
           break;
         }
         case RxState.Skip: {
