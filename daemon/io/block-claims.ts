@@ -44,8 +44,3 @@ export function claimBlockDevice(path: string, rdev: number): BlockClaim {
     },
   };
 }
-
-/** Block devices this daemon claims (for tests and diagnostics). */
-export function claimedBlockDevices(): number {
-  return claims.size;
-}

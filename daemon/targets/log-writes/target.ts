@@ -150,7 +150,6 @@ export class LogWritesTarget implements Target {
     this.restartMarkDue = (cfg.restored ?? false) && !cfg.readOnly;
   }
 
-
   get logicalBlockSize(): number {
     return Math.max(this.dev.logicalBlockSize, this.sectorSize);
   }
@@ -173,7 +172,7 @@ export class LogWritesTarget implements Target {
     if (bio.op === "flush") {
       // An empty PREFLUSH owns every write that completed before it was submitted.
       const batch = this.takeUnflushed();
-      const block: PendingBlock = { header: { sector: logBlocks(0), nrSectors: logBlocks(0), flags: LogFlag.FLUSH, dataLen: 0 } };
+      const block = this.block(0, 0, LogFlag.FLUSH);
       try {
         await this.dev.submit(down);
       } finally {
@@ -209,16 +208,20 @@ export class LogWritesTarget implements Target {
     for (const b of blocks) this.completed(b);
   }
 
-  private block(sector: number, count: number, flags: number, data?: Buffer, charge = 0): PendingBlock {
-    return { header: { sector: logBlocks(sector / this.unitSectors), nrSectors: logBlocks(count / this.unitSectors), flags, dataLen: 0 }, data, charge };
+  /** The entry header of an I/O at `sector` (512-byte units) of `count` sectors, in log units. */
+  private header(sector: number, count: number, flags: number): LogEntryHeader {
+    return { sector: logBlocks(sector / this.unitSectors), nrSectors: logBlocks(count / this.unitSectors), flags, dataLen: 0 };
+  }
+
+  private block(sector: number, count: number, flags: number, data?: Buffer): PendingBlock {
+    return { header: this.header(sector, count, flags), data };
   }
 
   /** A write, its payload copied at submit time as the kernel does, behind room for its header. */
   private copiedWrite(sector: number, count: number, flags: number, data: Buffer): PendingBlock {
     const frame = sharedPool.get(this.sectorSize + data.length);
     data.copy(frame, this.sectorSize);
-    const header = { sector: logBlocks(sector / this.unitSectors), nrSectors: logBlocks(count / this.unitSectors), flags, dataLen: 0 };
-    return { header, data: frame.subarray(this.sectorSize, this.sectorSize + data.length), frame, charge: data.length };
+    return { header: this.header(sector, count, flags), data: frame.subarray(this.sectorSize, this.sectorSize + data.length), frame, charge: data.length };
   }
 
   /** The zero writes the kernel would see for a write-zeroes: ZERO_CHUNK_BYTES each, in ascending order, sharing ZEROES. */
@@ -494,7 +497,7 @@ function isNotSupported(err: unknown): boolean {
  * Where an existing log on `logDev` ends: the number of entries its super block counts and the sector after the
  * last of them. Undefined when there is no valid log in this sector size (nothing to continue).
  */
-export async function findLogEnd(logDev: BlockDevice, sectorSize: number): Promise<{ entries: number; nextSector: number } | undefined> {
+async function findLogEnd(logDev: BlockDevice, sectorSize: number): Promise<{ entries: number; nextSector: number } | undefined> {
   const unit = sectorSize / SECTOR_SIZE;
   const read = async (sector: number): Promise<Buffer> => {
     const data = Buffer.alloc(sectorSize);
