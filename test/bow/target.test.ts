@@ -5,7 +5,7 @@ import type { DeviceRegistry } from "../../daemon/device/registry.js";
 import type { MappedDevice } from "../../daemon/device/mapped-device.js";
 import type { Sector } from "../../daemon/core/units.js";
 import { MAGIC_BOW, MAX_ENTRY_BYTES, crc32Raw, decodeEntry, decodeHeader, HEADER_SIZE } from "../../daemon/targets/bow/format.js";
-import { makeFile, makeRegistry, tempDir } from "../helpers/registry.js";
+import { fillArgs, makeFile, makeRegistry, tempDir } from "../helpers/registry.js";
 import { DmError } from "../../daemon/core/errors.js";
 import type { Bio } from "../../daemon/io/bio.js";
 import type { BlockDevice } from "../../daemon/io/block-device.js";
@@ -67,7 +67,7 @@ describe("bow: table line", () => {
   ])("%j is rejected", async (params, text) => {
     const f = makeFile(tmp.dir, "d", 1 << 20);
     const dev = reg.create({ name: "b" });
-    await expectDmError(dev.load([{ start: S(0), length: S(2048), type: "bow", params: params.replace("F", f) }], false), "EINVAL", text);
+    await expectDmError(dev.load([{ start: S(0), length: S(2048), type: "bow", params: fillArgs(params, { F: f }) }], false), "EINVAL", text);
   });
 
   it("a length that is not a whole number of blocks, or past the device, is rejected", async () => {

@@ -31,3 +31,15 @@ export function makeFile(dir: string, name: string, bytes: number, fill: "zero" 
   }
   return p;
 }
+
+/**
+ * Fills a table-argument template whose placeholders are whole words ("F1 0 F2 8" → paths). Word-wise, because a
+ * chained String.replace can hit a placeholder's letters inside a path already substituted (mkdtemp's random
+ * suffix once contained "F2").
+ */
+export function fillArgs(template: string, values: Record<string, string>): string {
+  return template
+    .split(" ")
+    .map((word) => values[word] ?? word)
+    .join(" ");
+}

@@ -5,7 +5,7 @@ import type { DeviceRegistry } from "../../daemon/device/registry.js";
 import type { BlockDevice } from "../../daemon/io/block-device.js";
 import { FileDevice } from "../../daemon/io/file-device.js";
 import { LogWritesTarget } from "../../daemon/targets/log-writes/target.js";
-import { makeFile, makeRegistry, tempDir } from "../helpers/registry.js";
+import { fillArgs, makeFile, makeRegistry, tempDir } from "../helpers/registry.js";
 import { GatedDevice, S, constructOn, describeEntries, discard, fill, flush, readLog, superNrEntries, until, write } from "./helpers.js";
 
 let reg: DeviceRegistry;
@@ -250,7 +250,7 @@ describe("tables (spec §2.1)", () => {
     const dev = reg.create({ name: "lw" });
     await dev.load(line(2048, `${data} ${log}`), false);
     await dev.resume({ noflush: false });
-    const p = params.replace("DATA", data).replace("LOG", log).replace("MISSING", `${tmp.dir}/missing`).replace("SMALL", small).replace("DATA", data);
+    const p = fillArgs(params, { DATA: data, LOG: log, MISSING: `${tmp.dir}/missing`, SMALL: small });
     const e = await errorOf(dev.load(line(2048, p), false));
     expect(e.message).toMatch(reason);
     expect(["EINVAL", "ENOENT"]).toContain(e.errno);

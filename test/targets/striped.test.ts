@@ -2,7 +2,7 @@ import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { DeviceRegistry } from "../../daemon/device/registry.js";
-import { makeFile, makeRegistry, tempDir } from "../helpers/registry.js";
+import { fillArgs, makeFile, makeRegistry, tempDir } from "../helpers/registry.js";
 import { discard, expectDmError, expectLoadRejected, flush, line, liveDevice, pattern, readBio, statusOf, tableOf, writeBio } from "./helpers.js";
 
 let reg: DeviceRegistry;
@@ -72,7 +72,7 @@ describe("striped: arguments (kernel stripe_ctr)", () => {
     ["2 8 F1 0 F2 1537", "too small for target: start=1537, len=512, dev_size=2048"],
   ])("%s → EINVAL %s, and nothing changes", async (args, reason) => {
     const dev = await liveDevice(reg, "s", [line(0, 1024, "striped", `2 8 ${f1} 0 ${f2} 0`)]);
-    const params = args.replace("F1", f1).replace("F2", f2).replace("F3", f3);
+    const params = fillArgs(args, { F1: f1, F2: f2, F3: f3 });
     await expectLoadRejected(dev, [line(0, 1024, "striped", params)], "EINVAL", reason);
   });
 
