@@ -23,6 +23,7 @@ import {
   putChunkHeader,
   putSimpleReply,
 } from "./protocol.js";
+import { cover, innerBlocks, isAligned, readUnaligned, writeUnaligned, zeroUnaligned } from "./unaligned.js";
 import { writeZeroesFallback } from "./zeroes.js";
 import { sharedPool } from "../io/buffer-pool.js";
 import { adoptSocket } from "./adopt-socket.js";
@@ -62,7 +63,10 @@ const enum RxState {
  */
 export class Connection {
   private readonly socket: Socket;
+  /** The device's block size in bytes: bios are whole blocks. */
   private readonly align: number;
+  /** Misaligned requests are refused (EINVAL), not served by read-modify-write: the client agreed to `align`. */
+  private readonly strict: boolean;
   /** Where requests are read (see adoptSocket); small payloads are copied out of it before the next read. */
   private readonly staging = Buffer.allocUnsafeSlow(STAGING_BYTES);
   private readonly hdr = Buffer.allocUnsafe(REQUEST_HEADER_SIZE);
@@ -96,12 +100,14 @@ export class Connection {
     accepted: Socket,
     readonly dev: MappedDevice,
     private readonly structured: boolean,
+    blockSizeAgreed: boolean,
     private readonly contexts: readonly SelectedContext[],
     private readonly log: Logger,
     private readonly onGone: (c: Connection) => void,
     private readonly budget: PayloadBudget,
   ) {
     this.align = blockSizes(dev).min;
+    this.strict = blockSizeAgreed;
     const adopted = adoptSocket(accepted, this.readInto);
     const socket = (this.socket = adopted ?? accepted);
     socket.setNoDelay(true);
@@ -272,12 +278,19 @@ export class Connection {
     }
   }
 
-  /** EINVAL (or `beyondEnd` past the end) unless [offset, offset+length) is aligned and inside the device. */
+  /**
+   * EINVAL (or `beyondEnd` past the end) unless [offset, offset+length) is inside the device and, for a client
+   * that agreed to block sizes, aligned.
+   */
   private rangeError(offset: number, length: number, beyondEnd: number): number {
-    const align = this.align;
-    if (offset % align !== 0 || length % align !== 0) return NbdErr.EINVAL;
+    if (this.strict && !isAligned(offset, length, this.align)) return NbdErr.EINVAL;
     if (offset + length > this.dev.size * SECTOR_SIZE) return beyondEnd; // not <<: sizes pass 2^31 bytes
     return 0;
+  }
+
+  /** A request the block layer cannot take as one bio: not whole blocks (only from non-strict clients). */
+  private partial(offset: number, length: number): boolean {
+    return !this.strict && !isAligned(offset, length, this.align);
   }
 
   private read(flags: number, cookieHi: number, cookieLo: number, offset: number, length: number): void {
@@ -302,9 +315,11 @@ export class Connection {
     } else {
       putSimpleReply(buf, 0, 0, cookieHi, cookieLo);
     }
-    const bio: Bio = { op: "read", sector: (offset / 512) as Sector, count: (length / 512) as Sector, data: buf.subarray(head), fua: false };
     this.started(length);
-    this.submitBio(bio).then(
+    const done = this.partial(offset, length)
+      ? readUnaligned(this.dev, offset, buf.subarray(head), this.align)
+      : this.submitBio({ op: "read", sector: (offset / 512) as Sector, count: (length / 512) as Sector, data: buf.subarray(head), fua: false });
+    done.then(
       () => this.readDone(buf, pooled, length),
       (e: unknown) => this.readFailed(buf, pooled, length, e),
     );
@@ -355,6 +370,11 @@ export class Connection {
   }
 
   private submitWrite(data: Buffer, pooled: Buffer | undefined): void {
+    if (this.partial(this.wOffset, data.length)) {
+      this.started(data.length);
+      const done = writeUnaligned(this.dev, this.wOffset, data, (this.wFlags & CmdFlag.FUA) !== 0, this.align);
+      return this.awaitEmpty(Cmd.WRITE, this.wCookieHi, this.wCookieLo, done, undefined, data.length, pooled);
+    }
     const bio: Bio = {
       op: "write",
       sector: (this.wOffset / 512) as Sector,
@@ -370,6 +390,12 @@ export class Connection {
     if (this.dev.readOnly) return this.replyEmpty(cookieHi, cookieLo, NbdErr.EPERM);
     const err = this.rangeError(offset, length, NbdErr.EINVAL);
     if (err) return this.replyEmpty(cookieHi, cookieLo, err);
+    if (this.partial(offset, length)) {
+      // TRIM is advisory: discard the whole blocks inside the range, leave the partial ones as they are.
+      const inner = innerBlocks(offset, length, this.align);
+      offset = inner.start;
+      length = Math.max(0, inner.end - inner.start);
+    }
     if (length === 0) return this.replyEmpty(cookieHi, cookieLo, 0);
     const bio: Bio = { op: "discard", sector: (offset / 512) as Sector, count: (length / 512) as Sector, fua: (flags & CmdFlag.FUA) !== 0 };
     this.submitEmpty(Cmd.TRIM, cookieHi, cookieLo, bio, 0);
@@ -385,6 +411,11 @@ export class Connection {
     // the client (qemu-img convert's pre-zeroing) take its slow path.
     if ((flags & CmdFlag.FAST_ZERO) !== 0) return this.replyEmpty(cookieHi, cookieLo, NbdErr.ENOTSUP);
     if (length === 0) return this.replyEmpty(cookieHi, cookieLo, 0);
+    if (this.partial(offset, length)) {
+      this.started(0);
+      const done = zeroUnaligned(this.dev, offset, length, (flags & CmdFlag.FUA) !== 0, (flags & CmdFlag.NO_HOLE) !== 0, this.align);
+      return this.awaitEmpty(Cmd.WRITE_ZEROES, cookieHi, cookieLo, done, undefined, 0);
+    }
     const bio: Bio = {
       op: "write_zeroes",
       sector: (offset / 512) as Sector,
@@ -398,7 +429,15 @@ export class Connection {
   /** Submit a bio whose success reply carries no data. */
   private submitEmpty(type: number, cookieHi: number, cookieLo: number, bio: Bio, bytes: number, pooled?: Buffer): void {
     this.started(bytes);
-    this.submitBio(bio).then(
+    this.awaitEmpty(type, cookieHi, cookieLo, this.submitBio(bio), bio, bytes, pooled);
+  }
+
+  /**
+   * Reply to a request with no reply data once `done` settles. `bio`, when the request was one, lets a
+   * WRITE_ZEROES the target cannot do fall back to writing zeroes. The caller has counted the request started.
+   */
+  private awaitEmpty(type: number, cookieHi: number, cookieLo: number, done: Promise<void>, bio: Bio | undefined, bytes: number, pooled?: Buffer): void {
+    done.then(
       () => {
         if (pooled) sharedPool.put(pooled);
         this.emptyDone(cookieHi, cookieLo, bytes);
@@ -425,13 +464,13 @@ export class Connection {
     this.maybeFinish();
   }
 
-  private emptyFailed(type: number, cookieHi: number, cookieLo: number, bio: Bio, bytes: number, e: unknown): void {
+  private emptyFailed(type: number, cookieHi: number, cookieLo: number, bio: Bio | undefined, bytes: number, e: unknown): void {
     const err = nbdErrorOf(e);
     if (err === NbdErr.ENOTSUP && type === Cmd.TRIM) {
       // TRIM is advisory: a target that cannot discard has done all it needs to.
       return this.emptyDone(cookieHi, cookieLo, bytes);
     }
-    if (err === NbdErr.ENOTSUP && type === Cmd.WRITE_ZEROES) {
+    if (err === NbdErr.ENOTSUP && type === Cmd.WRITE_ZEROES && bio) {
       // As the block layer does for REQ_OP_WRITE_ZEROES: fall back to writing zero buffers.
       writeZeroesFallback(this.dev, bio).then(
         () => this.emptyDone(cookieHi, cookieLo, bytes),
@@ -453,11 +492,16 @@ export class Connection {
     const err = length === 0 ? NbdErr.EINVAL : this.rangeError(offset, length, NbdErr.EINVAL);
     if (err) return this.replyError(Cmd.BLOCK_STATUS, cookieHi, cookieLo, err, "block status out of range or misaligned");
     const reqOne = (flags & CmdFlag.REQ_ONE) !== 0;
+    // Providers answer in whole blocks; a client without block sizes gets the answer for the covering blocks,
+    // its head cut off at the offset it asked for.
+    const { start, end } = this.partial(offset, length) ? cover(offset, length, this.align) : { start: offset, end: offset + length };
+    const extentAlign = this.strict ? this.align : 1;
     this.started(0);
     try {
       const chunks: Buffer[] = [];
       for (const [i, { id, ctx }] of this.contexts.entries()) {
-        const extents = clampExtents(await ctx.blockStatus(this.dev, offset, length, reqOne), length, reqOne, this.align);
+        const answer = dropHead(await ctx.blockStatus(this.dev, start, end - start, reqOne), offset - start);
+        const extents = clampExtents(answer, length, reqOne, extentAlign);
         const b = Buffer.allocUnsafe(CHUNK_HEADER_SIZE + 4 + 8 * extents.length);
         const last = i === this.contexts.length - 1;
         putChunkHeader(b, 0, last ? ReplyFlag.DONE : 0, ReplyType.BLOCK_STATUS, cookieHi, cookieLo, 4 + 8 * extents.length);
@@ -613,6 +657,18 @@ export class Connection {
     this.closed = true;
     this.socket.destroy();
   }
+}
+
+/** Extents from `skip` bytes on (the answer for a covering range, cut to where the client's range begins). */
+function dropHead(extents: readonly { length: number; flags: number }[], skip: number): readonly { length: number; flags: number }[] {
+  if (skip === 0) return extents;
+  const out: { length: number; flags: number }[] = [];
+  for (const x of extents) {
+    const cut = Math.min(skip, x.length);
+    skip -= cut;
+    if (x.length > cut) out.push({ length: x.length - cut, flags: x.flags });
+  }
+  return out;
 }
 
 /** Keep a provider's answer within the protocol: ≥1 extent, within the request, aligned, one with REQ_ONE. */

@@ -40,6 +40,11 @@ export interface Negotiated {
   readonly dev: MappedDevice;
   readonly structured: boolean;
   readonly contexts: readonly SelectedContext[];
+  /**
+   * The client listed NBD_INFO_BLOCK_SIZE in NBD_OPT_GO, so it MUST keep to the advertised minimum. Other clients
+   * (EXPORT_NAME, GO without it) are owed the spec's default minimum of 1 byte (see unaligned.ts).
+   */
+  readonly blockSizeAgreed: boolean;
   /** Bytes received after the final option (pipelined requests). */
   readonly leftover: Buffer[];
 }
@@ -107,7 +112,7 @@ export async function negotiate(socket: Socket, queue: ByteQueue, env: Handshake
           if (!dev || why) throw new ProtocolViolation(`EXPORT_NAME refused: ${why}`);
           dev.open();
           send(exportNameReply(exportSizeBytes(dev), transmissionFlags(dev, structured), noZeroes));
-          return { dev, structured, contexts: meta?.exportName === name ? meta.contexts : [], leftover: queue.drain() };
+          return { dev, structured, contexts: meta?.exportName === name ? meta.contexts : [], blockSizeAgreed: false, leftover: queue.drain() };
         }
         case Opt.ABORT:
           send(optionReply(option, Rep.ACK));
@@ -139,7 +144,8 @@ export async function negotiate(socket: Socket, queue: ByteQueue, env: Handshake
           }
           dev.open();
           send(optionReply(option, Rep.ACK));
-          return { dev, structured, contexts: meta?.exportName === name ? meta.contexts : [], leftover: queue.drain() };
+          const blockSizeAgreed = infos.includes(Info.BLOCK_SIZE);
+          return { dev, structured, contexts: meta?.exportName === name ? meta.contexts : [], blockSizeAgreed, leftover: queue.drain() };
         }
         case Opt.STRUCTURED_REPLY:
           if (length !== 0) throw new OptionRefused(Rep.ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY carries no data");

@@ -169,12 +169,12 @@ export class NbdServer {
           return;
         }
         const leftover = [...neg.leftover, ...queue.drain(), ...drainReadable(socket)];
-        const conn = new Connection(socket, neg.dev, neg.structured, neg.contexts, this.log, (c) => {
+        const conn = new Connection(socket, neg.dev, neg.structured, neg.blockSizeAgreed, neg.contexts, this.log, (c) => {
           this.connections.delete(c);
           uncount();
         }, this.budget);
         this.connections.add(conn);
-        this.log.debug("nbd client attached", { device: neg.dev.name, structured: neg.structured });
+        this.log.debug("nbd client attached", { device: neg.dev.name, structured: neg.structured, blockSizeAgreed: neg.blockSizeAgreed });
         conn.start(leftover);
       },
       (err: unknown) => {
