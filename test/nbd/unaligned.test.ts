@@ -3,7 +3,7 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { Sector } from "../../daemon/core/units.js";
 import { CMD, NbdClient, NbdError } from "../helpers/nbd-client.js";
 import { makeFile } from "../helpers/registry.js";
-import { startNbd, type NbdFixture } from "./fixture.js";
+import { runOk, startNbd, type NbdFixture } from "./fixture.js";
 import { RawClient, metaRequest } from "./raw-client.js";
 
 // Clients that never agreed to block sizes (NBD_OPT_GO without NBD_INFO_BLOCK_SIZE, NBD_OPT_EXPORT_NAME) are owed
@@ -157,6 +157,33 @@ describe("structured replies for a client without block sizes", () => {
       [712, 3],
     ]);
     c.destroy();
+  });
+});
+
+describe("a real client that does not negotiate block sizes (libnbd, as nbdsh scripts use it)", () => {
+  it("byte-granular pwrite, pread and zero land exactly, bit for bit", async () => {
+    const { file } = await fx.linear("d", SIZE, { fill: "pattern" });
+    const model = fileBytes(file);
+    // Debian's python3-libnbd installs the module for the system interpreter (nbdsh runs whatever python3 is first
+    // on PATH, which need not be that one).
+    const script = [
+      "import nbd, sys",
+      "h = nbd.NBD()",
+      "h.set_request_block_size(False)",
+      "h.set_strict_mode(h.get_strict_mode() & ~nbd.STRICT_ALIGN)",
+      "h.connect_uri(sys.argv[1])",
+      "h.pwrite(b'\\xab' * 3, 1001)",
+      "h.pwrite(bytes(range(256)) * 4, 4000, nbd.CMD_FLAG_FUA)",
+      "h.zero(700, 9100)",
+      "print(h.pread(2000, 600).hex())",
+      "h.shutdown()",
+    ].join("\n");
+    const out = await runOk("/usr/bin/python3", ["-c", script, fx.uri("d")]);
+    model.fill(0xab, 1001, 1004);
+    Buffer.from(Array.from({ length: 1024 }, (_, i) => i % 256)).copy(model, 4000);
+    model.fill(0, 9100, 9800);
+    expect(out.trim()).toBe(model.subarray(600, 2600).toString("hex"));
+    expect(fileBytes(file).equals(model)).toBe(true);
   });
 });
 
