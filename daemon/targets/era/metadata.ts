@@ -244,16 +244,45 @@ export class EraMetadata {
     await this.commit();
   }
 
+  /**
+   * The era of blocks [first, first+count) (clipped to nrBlocks), as logicalEras gives it, reading only the era
+   * array blocks and writeset bitset blocks that hold the range: an NBD map request on a large device costs what
+   * the request covers, not the device.
+   */
+  async logicalErasRange(first: number, count: number, includeCurrent: boolean): Promise<Uint32Array> {
+    const end = Math.min(this.nrBlocks, first + count);
+    const eras = new Uint32Array(Math.max(0, end - first));
+    if (eras.length === 0) return eras;
+    const per = this.eraArray.max;
+    for (let idx = Math.floor(first / per); idx <= Math.floor((end - 1) / per); idx++) {
+      const ab = await this.eraArray.readBlockAt(this.eraArrayRoot, idx);
+      if (!ab) break;
+      const upto = Math.min(end, idx * per + ab.nr);
+      for (let b = Math.max(first, idx * per); b < upto; b++) eras[b - first] = ab.buf.readUInt32LE(ab.offset(b - idx * per));
+    }
+    for (const { era, ws } of await this.writesetsToFold(includeCurrent)) {
+      await this.bitset.forEachSetBitIn(ws.root, first, Math.min(end, ws.nrBits), (b) => {
+        if (era > eras[b - first]!) eras[b - first] = era;
+      });
+    }
+    return eras;
+  }
+
+  /** The writesets not yet digested into the era array (archived ones, and the current one if asked). */
+  private async writesetsToFold(includeCurrent: boolean): Promise<Array<{ era: number; ws: Writeset }>> {
+    const sets: Array<{ era: number; ws: Writeset }> = [];
+    await btree.walk(this.tm, this.writesetTreeRoot, (k, v) => void sets.push({ era: k, ws: decodeWriteset(v) }));
+    if (includeCurrent && this.currentWriteset.root !== 0) sets.push({ era: this.currentEra, ws: this.currentWriteset });
+    return sets;
+  }
+
   /** Era of each block as the metadata knows it: max(era array, newest archived writeset with the bit). */
   async logicalEras(includeCurrent: boolean): Promise<Uint32Array> {
     const eras = new Uint32Array(this.nrBlocks);
     await this.eraArray.walkBlocks(this.eraArrayRoot, (first, ab) => {
       for (let s = 0; s < ab.nr && first + s < eras.length; s++) eras[first + s] = ab.buf.readUInt32LE(ab.offset(s));
     });
-    const sets: Array<{ era: number; ws: Writeset }> = [];
-    await btree.walk(this.tm, this.writesetTreeRoot, (k, v) => void sets.push({ era: k, ws: decodeWriteset(v) }));
-    if (includeCurrent && this.currentWriteset.root !== 0) sets.push({ era: this.currentEra, ws: this.currentWriteset });
-    for (const { era, ws } of sets) {
+    for (const { era, ws } of await this.writesetsToFold(includeCurrent)) {
       await this.bitset.forEachSetBit(ws.root, Math.min(ws.nrBits, this.nrBlocks), (b) => {
         if (era > eras[b]!) eras[b] = era;
       });

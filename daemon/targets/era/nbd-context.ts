@@ -66,12 +66,13 @@ function writtenSince(name: string, since: number): MetaContext {
           pos = upto;
           continue;
         }
-        const eras = await t.target.erasSnapshot();
         const bsBytes = t.target.blockSize * 512;
+        const b0 = Math.floor((pos - tStart) / bsBytes);
+        const eras = await t.target.erasOf(b0, Math.ceil((upto - tStart) / bsBytes) - b0);
         while (pos < upto && out.length < MAX_EXTENTS) {
           const b = Math.floor((pos - tStart) / bsBytes);
           const stop = Math.min(upto, tStart + (b + 1) * bsBytes);
-          push(stop - pos, eras[b]! >= since ? STATE_WRITTEN : 0);
+          push(stop - pos, (eras[b - b0] ?? 0) >= since ? STATE_WRITTEN : 0);
           pos = stop;
           if (reqOne && out.length > 1) break;
         }

@@ -61,6 +61,9 @@ interface Waiter {
   reject(err: unknown): void;
 }
 
+/** Origin blocks changedBlocksSince reads per metadata pass (256 KiB of eras). */
+const CHANGED_BLOCKS_WINDOW = 65536;
+
 /** One contiguous run of origin blocks (in sectors) reported by changedBlocksSince. */
 export interface ChangedExtent {
   readonly startSector: Sector;
@@ -361,37 +364,35 @@ export class EraTarget implements Target {
     return this.md.currentEra;
   }
 
-  private erasCache: { md: EraMetadata; commit: number; eras: Promise<Uint32Array> } | undefined;
-
   /**
-   * The era in which each origin block was last written (0 = never), including the current era as of the last
-   * commit. Cached until the next commit; read in the worker, so it is one consistent state.
+   * The era in which origin blocks [first, first+count) were last written (0 = never), including the current era
+   * as of the last commit. Read in the worker, so it is one consistent state; it reads only the metadata blocks
+   * holding the range.
    */
-  erasSnapshot(): Promise<Uint32Array> {
-    const c = this.erasCache;
-    if (c && c.md === this.md && c.commit === this.md.commitCount) return c.eras;
-    const eras = this.serial(() => this.md.logicalEras(true));
-    this.erasCache = { md: this.md, commit: this.md.commitCount, eras };
-    eras.catch(() => (this.erasCache = undefined));
-    return eras;
+  erasOf(first: number, count: number): Promise<Uint32Array> {
+    return this.serial(() => this.md.logicalErasRange(first, count, true));
   }
 
   /**
    * Origin extents written in era `since` or later, including the current era (as of the last commit), merged
-   * into runs, in ascending order. Serialised with the worker, so it sees one consistent state.
+   * into runs, in ascending order. Read a window of blocks at a time, each window one consistent state: a block's
+   * era only grows, so a block written since `since` is never missed, whichever window saw it.
    */
   async *changedBlocksSince(since: number): AsyncIterable<ChangedExtent> {
-    const eras = await this.erasSnapshot();
     const bs = this.blockSize;
     let runStart = -1;
-    for (let b = 0; b <= eras.length; b++) {
-      const hit = b < eras.length && eras[b]! >= since;
-      if (hit && runStart < 0) runStart = b;
-      if (!hit && runStart >= 0) {
-        yield { startSector: (runStart * bs) as Sector, lengthSectors: ((b - runStart) * bs) as Sector };
-        runStart = -1;
+    for (let first = 0; first < this.md.nrBlocks; first += CHANGED_BLOCKS_WINDOW) {
+      const eras = await this.erasOf(first, CHANGED_BLOCKS_WINDOW);
+      for (let i = 0; i < eras.length; i++) {
+        const hit = eras[i]! >= since;
+        if (hit && runStart < 0) runStart = first + i;
+        if (!hit && runStart >= 0) {
+          yield { startSector: (runStart * bs) as Sector, lengthSectors: ((first + i - runStart) * bs) as Sector };
+          runStart = -1;
+        }
       }
     }
+    if (runStart >= 0) yield { startSector: (runStart * bs) as Sector, lengthSectors: ((this.md.nrBlocks - runStart) * bs) as Sector };
   }
 
   /** The metadata (tests and checkers). */

@@ -89,6 +89,33 @@ export class PBitset {
   }
 
   /**
+   * Every set bit in [from, to), ascending, reading only the array blocks that hold the range (a bit range of a
+   * large bitset costs what the range costs).
+   */
+  async forEachSetBitIn(root: MetaBlock, from: number, to: number, visit: (bit: number) => void): Promise<void> {
+    if (to <= from) return;
+    const max = this.array.max;
+    const w0 = Math.floor(from / BITS_PER_WORD);
+    const w1 = Math.floor((to - 1) / BITS_PER_WORD);
+    for (let idx = Math.floor(w0 / max); idx <= Math.floor(w1 / max); idx++) {
+      const ab = await this.array.readBlockAt(root, idx);
+      if (!ab) return;
+      const last = Math.min(w1, idx * max + ab.nr - 1);
+      for (let wi = Math.max(w0, idx * max); wi <= last; wi++) {
+        const o = ab.offset(wi - idx * max);
+        for (let half = 0; half < 2; half++) {
+          let w = ab.buf.readUInt32LE(o + 4 * half);
+          while (w !== 0) {
+            const bit = wi * BITS_PER_WORD + 32 * half + (31 - Math.clz32(w & -w));
+            w &= w - 1;
+            if (bit >= from && bit < to) visit(bit);
+          }
+        }
+      }
+    }
+  }
+
+  /**
    * The set bits from `from` on, at most `maxBits` of them and never past the array block holding `from` (so
    * one call reads one block): an incremental scan. `next` is where the following call starts; ≥ nrBits at the end.
    */
