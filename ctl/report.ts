@@ -179,27 +179,100 @@ export class ReportSetupError extends Error {
 
 const canonical = (s: string): string => s.replace(/_/g, "").toLowerCase();
 
-/** The field listing libdm prints for `-o help` and before "Unrecognised field". */
+/** Each field type's heading in the listing and the prefix of its `<prefix>_all` line (libdm's report types). */
+const TYPE_PREFIX: Record<FieldNeed, string> = { task: "name", info: "info", deps: "deps", tree: "deps", name: "splitname" };
+
+/**
+ * dmsetup 1.02.185 also lists its statistics report types (dmsetup stats), which tsdmsetup does not implement:
+ * listed only, so that the listing matches byte for byte (the wording, typos included, is dmsetup's).
+ */
+const STATS_LISTING: ReadonlyArray<readonly [string, string]> = [
+  ["read_count", "Count of reads completed."],
+  ["reads_merged_count", "Count of read requests merged."],
+  ["read_sector_count", "Count of sectors read."],
+  ["read_time", "Accumulated duration of all read requests (ns)."],
+  ["write_count", "Count of writes completed."],
+  ["writes_merged_count", "Count of write requests merged."],
+  ["write_sector_count", "Count of sectors written."],
+  ["write_time", "Accumulated duration of all writes (ns)."],
+  ["in_progress_count", "Count of requests currently in progress."],
+  ["io_ticks", "Nanoseconds spent servicing requests."],
+  ["queue_ticks", "Total nanoseconds spent in queue."],
+  ["read_ticks", "Nanoseconds spent servicing reads."],
+  ["write_ticks", "Nanoseconds spent servicing writes."],
+  ["reads_merged_per_sec", "Read requests merged per second."],
+  ["writes_merged_per_sec", "Write requests merged per second."],
+  ["reads_per_sec", "Reads per second."],
+  ["writes_per_sec", "Writes per second."],
+  ["read_size_per_sec", "Size of data read per second."],
+  ["write_size_per_sec", "Size of data written per second."],
+  ["avg_request_size", "Average request size."],
+  ["queue_size", "Average queue size."],
+  ["await", "Averate wait time."],
+  ["read_await", "Averate read wait time."],
+  ["write_await", "Averate write wait time."],
+  ["throughput", "Throughput."],
+  ["service_time", "Service time."],
+  ["util", "Utilization."],
+  ["hist_count", "Latency histogram counts."],
+  ["hist_count_bounds", "Latency histogram counts with bin boundaries."],
+  ["hist_count_ranges", "Latency histogram counts with bin ranges."],
+  ["hist_percent", "Relative latency histogram."],
+  ["hist_percent_bounds", "Relative latency histogram with bin boundaries."],
+  ["hist_percent_ranges", "Relative latency histogram with bin ranges."],
+  ["interval_ns", "Sampling interval in nanoseconds."],
+  ["interval", "Sampling interval."],
+];
+const REGION_LISTING: ReadonlyArray<readonly [string, string]> = [
+  ["region_id", "Region ID."],
+  ["region_start", "Region start."],
+  ["region_len", "Region length."],
+  ["area_id", "Area ID."],
+  ["area_start", "Area offset from start of device."],
+  ["area_len", "Area length."],
+  ["area_offset", "Area offset from start of region."],
+  ["area_count", "Area count."],
+  ["group_id", "Group ID."],
+  ["program_id", "Program ID."],
+  ["user_data", "Auxiliary data."],
+  ["precise", "Set if nanosecond precision counters are enabled."],
+  ["hist_bins", "The number of histogram bins configured."],
+  ["hist_bounds", "Latency histogram bin boundaries."],
+  ["hist_ranges", "Latency histogram bin ranges."],
+  ["stats_name", "Stats name of current object."],
+  ["obj_type", "Type of stats object being reported."],
+];
+const LISTING_ONLY: ReadonlyArray<{ heading: string; prefix: string; fields: ReadonlyArray<readonly [string, string]> }> = [
+  { heading: "Mapped Device Statistics", prefix: "stats", fields: STATS_LISTING },
+  { heading: "Mapped Device Statistics Region Information", prefix: "region", fields: REGION_LISTING },
+];
+
+/**
+ * The field listing libdm prints for `-o help`, before "Unrecognised field" and after the usage of `help -c`:
+ * one section per report type, each opened by its `<prefix>_all` line and closed by a line of one space,
+ * the ids padded to the longest id of all sections.
+ */
 export function fieldListing(): string {
-  let idLen = Math.max(...FIELDS.map((f) => f.id.length), ...SPECIAL.map((f) => f.id.length), 3);
-  idLen = Math.max(idLen, 3);
-  const lines: string[] = [];
-  let lastDesc = "";
+  const sections: Array<{ heading: string; prefix: string; fields: Array<readonly [string, string]> }> = [];
   for (const f of FIELDS) {
-    const desc = TYPE_DESC[f.need];
-    if (desc !== lastDesc) {
-      if (lastDesc) lines.push(" ");
-      lines.push(`${desc} Fields`);
-      lines.push("-".repeat(desc.length + 7));
-      lines.push(`  all${"".padEnd(idLen - 3)} - All fields in this section.`);
-    }
-    lines.push(`  ${f.id.padEnd(idLen)} - ${f.desc}`);
-    lastDesc = desc;
+    const heading = TYPE_DESC[f.need];
+    let sec = sections.at(-1);
+    if (sec?.heading !== heading) sections.push((sec = { heading, prefix: TYPE_PREFIX[f.need], fields: [] }));
+    sec.fields.push([f.id, f.desc]);
   }
-  lines.push(" ");
-  lines.push("Special Fields");
-  lines.push("-".repeat("Special".length + 7));
+  for (const sec of LISTING_ONLY) sections.push({ ...sec, fields: [...sec.fields] });
+  const all = sections.flatMap((sec) => [`${sec.prefix}_all`, ...sec.fields.map(([id]) => id)]);
+  const idLen = Math.max(...all.map((id) => id.length), ...SPECIAL.map((f) => f.id.length), 3);
+  const lines: string[] = [];
+  for (const sec of sections) {
+    lines.push(`${sec.heading} Fields`, "-".repeat(sec.heading.length + 7));
+    lines.push(`  ${`${sec.prefix}_all`.padEnd(idLen)} - All fields in this section.`);
+    for (const [id, desc] of sec.fields) lines.push(`  ${id.padEnd(idLen)} - ${desc}`);
+    lines.push(" ");
+  }
+  lines.push("Special Fields", "-".repeat("Special".length + 7));
   for (const f of SPECIAL) lines.push(`  ${f.id.padEnd(idLen)} - ${f.desc}`);
+  lines.push(" ");
   return lines.map((l) => `${l}\n`).join("");
 }
 
@@ -256,7 +329,7 @@ export class Report {
         continue;
       }
       const def = FIELDS.find((f) => canonical(f.id) === c);
-      if (!def) throw new ReportSetupError(`${fieldListing()} \nUnrecognised field: ${word}\n`, false);
+      if (!def) throw new ReportSetupError(`${fieldListing()}Unrecognised field: ${word}\n`, false);
       r.columns.push({ def, hidden: false, width: def.width });
     }
     if (opts.sort !== undefined) {
@@ -270,7 +343,7 @@ export class Report {
           if (!key) throw new ReportSetupError("dm_report: Missing sort field name\n", false);
         }
         const def = FIELDS.find((f) => canonical(f.id) === canonical(key));
-        if (!def) throw new ReportSetupError(`${fieldListing()} \ndm_report: Unrecognised field: ${key}\n`, false);
+        if (!def) throw new ReportSetupError(`${fieldListing()}dm_report: Unrecognised field: ${key}\n`, false);
         let col = r.columns.find((c) => c.def === def);
         if (!col) {
           col = { def, hidden: true, width: def.width };

@@ -299,7 +299,9 @@ export function createService(opts: ServiceOptions): DeviceMapperServiceServer {
     getDeps: unary("deps", async (req) => {
       const dev = lookup(req.device);
       const table = req.inactive ? dev.inactive : dev.live;
-      const deps = (table?.devices() ?? []).map((d) => ({
+      // The kernel's table keeps its devices on a list it adds to at the head (dm_get_device), so DM_TABLE_DEPS
+      // reports them newest first: the reverse of their first appearance in the table.
+      const deps = [...(table?.devices() ?? [])].reverse().map((d) => ({
         major: d.devno.major,
         minor: d.devno.minor,
         name: d.kernelName,

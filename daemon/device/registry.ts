@@ -174,6 +174,8 @@ export class DeviceRegistry extends EventEmitter {
     if (this.byUuid.has(uuid)) throw new DmError("EBUSY", `uuid ${uuid} is already in use`);
     dev.id.uuid = uuid;
     this.byUuid.set(uuid, dev);
+    // dev_rename raises the table event for --setuuid as for a new name (device with a live table).
+    if (dev.live) dev.raiseEvent();
     this.emitEvent({ kind: "renamed", device: dev, oldName: dev.name });
   }
 

@@ -444,6 +444,30 @@ describe("file-backed devices", () => {
     await ok(["deps", "-o", "blkdevname", "fa"], `1 dependencies\t: (${a})\n`);
     await ok(["ls", "--tree", "-o", "ascii,blkdevname"], `fa <dm-0> (253:0)\n \`- <${a}> (0:0)\nfb <dm-1> (253:1)\n \`- <${b}> (0:0)\n`);
   });
+
+  it("deps lists a table's devices newest first, as the kernel's DM_TABLE_DEPS does (dmsetup oracle)", async () => {
+    const a = path.join(d.dir, "sa.img");
+    const b = path.join(d.dir, "sb.img");
+    fs.writeFileSync(a, Buffer.alloc(64 * 512));
+    fs.writeFileSync(b, Buffer.alloc(64 * 512));
+    await ok(["create", "st2", "--table", `0 32 striped 2 8 ${a} 0 ${b} 0`]);
+    await ok(["deps", "-o", "blkdevname", "st2"], `2 dependencies\t: (${b}) (${a})\n`);
+    await ok(["info", "-c", "--noheadings", "-o", "blkdevs_used", "st2"], `${b},${a}\n`);
+    await ok(["remove", "st2"]);
+  });
+
+  it("error 1.7.0: two arguments are a device and offset, opened and listed by deps; other arguments ignored", async () => {
+    const a = path.join(d.dir, "ea.img");
+    fs.writeFileSync(a, Buffer.alloc(8 * 512));
+    await ok(["create", "e1", "--table", `0 8 error ${a} 0`]);
+    await ok(["deps", "-o", "blkdevname", "e1"], `1 dependencies\t: (${a})\n`);
+    await ok(["table", "e1"], "0 8 error \n");
+    await ok(["create", "e2", "--table", "0 8 error x y z"]);
+    await ok(["deps", "e2"], "0 dependencies\t:\n");
+    const missing = path.join(d.dir, "nonexistent");
+    await fails(["create", "e3", "--table", `0 8 error ${missing} 0`], ["device-mapper: reload ioctl on e3 (253:2) failed: No such file or directory", "Command failed."]);
+    await ok(["remove", "e1", "e2"]);
+  });
 });
 
 describe("targets and version (items 26-27)", () => {
@@ -453,6 +477,12 @@ describe("targets and version (items 26-27)", () => {
     expect(r.stdout).toMatch(/^linear {11}v\d+\.\d+\.\d+$/m);
     expect(r.stdout).toMatch(/^zero {13}v\d+\.\d+\.\d+$/m);
     const linear = r.stdout.split("\n").find((l) => l.startsWith("linear "))!;
+    // The versions of Linux 6.12's targets (the dmsetup oracle compares them with the kernel's).
+    await ok(
+      ["target-version", "linear", "striped", "zero", "error", "flakey", "delay", "log-writes", "era"],
+      "linear           v1.4.0\nstriped          v1.6.0\nzero             v1.2.0\nerror            v1.7.0\n" +
+        "flakey           v1.5.0\ndelay            v1.4.0\nlog-writes       v1.1.0\nera              v1.0.0\n",
+    );
     await ok(["target-version", "linear"], `${linear}\n`);
     await fails(["target-version", "bogus"], ["device-mapper: target-version ioctl on bogus  failed: Invalid argument", "Command failed."]);
   });
@@ -540,8 +570,13 @@ describe("rename, message, wait, selection, misc (items 32-37)", () => {
     await ok(["ls"], "B32\t(253:0)\nC32\t(253:1)\n");
     await fails(["rename", "B32", "C32"], ["device-mapper: rename ioctl on B32  failed: Device or resource busy", "Command failed."]);
     await fails(["rename", "MISSING", "X"], ["device-mapper: rename ioctl on MISSING  failed: No such device or address", "Command failed."]);
+    await ok(["info", "-c", "--noheadings", "-o", "events", "B32"], "1\n");
     await ok(["rename", "B32", "--setuuid", "U32"]);
     await ok(["info", "-c", "--noheadings", "-o", "uuid", "B32"], "U32\n");
+    // --setuuid raises the table event too (kernel dev_rename; the dmsetup oracle saw 2 here); no table, no event
+    await ok(["info", "-c", "--noheadings", "-o", "events", "B32"], "2\n");
+    await ok(["rename", "C32", "--setuuid", "UC32"]);
+    await ok(["info", "-c", "--noheadings", "-o", "events", "C32"], "0\n");
     await fails(["rename", "B32", "--setuuid", "V32"], ["device-mapper: rename ioctl on B32  failed: Invalid argument", "Command failed."]);
     await fails(["rename", "B32", "x/y"], ['Name "x/y" invalid. It contains "/".', "Command failed."]);
   });

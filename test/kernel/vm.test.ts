@@ -67,6 +67,11 @@ describe.runIf(enabled)("kernel VM oracles", () => {
     expect(out).not.toMatch(/^FAIL/m);
   }, 600_000);
 
+  it("dmsetup oracle: the same dmsetup command lines through the real dmsetup and the kernel, and through tsdmsetup and tsdmd, give the same exit codes, stdout and stderr", async () => {
+    const out = await script("test/ctl/kernel/run.sh", { TSDM_SKIP_BUILD: "1" });
+    expect(out).toMatch(/dmsetup oracle: transcripts identical \(\d+ steps\)/);
+  }, 600_000);
+
   it("attach: a tsdm device through kernel NBD and through ublk: mkfs, mount, fstrim, EBUSY, fsck, read back, detach; ublk device of a killed tsdmd deleted at restart", async () => {
     const methods = (process.env.METHODS ?? "nbd ublk").split(/\s+/).filter(Boolean);
     const out = await script("test/attach/kvm/run.sh", { METHODS: methods.join(" ") });
