@@ -171,7 +171,9 @@ export class Ctx {
 
   /**
    * libdm's _dm_task_set_name_from_path: `<dm_dir>/NAME` (or a link to it) names NAME; another existing node
-   * is matched by device number; a relative `x/y` is tried under DM_DEV_DIR. The name is used unmangled.
+   * is matched by device number; a relative `x/y` is tried under DM_DEV_DIR. The name is used unmangled. A
+   * missing `<dm_dir>/NAME` node still names NAME if tsdmd has a device NAME (it makes no nodes with --attach
+   * none, or for a remote client).
    */
   private async nameFromPath(p: string): Promise<string> {
     const dmDir = path.resolve(this.dmDir);
@@ -192,7 +194,15 @@ export class Ctx {
       }
     }
     const direct = lexical(probe) ?? lexical(p);
-    if (direct) return direct;
+    if (direct) {
+      // libdm stats the path first: no node, "Device P not found". tsdmd makes /dev/mapper nodes only for
+      // devices it attaches to kernel block devices, so a device of this daemon is named by its path even
+      // without a node; a path naming no device fails as libdm's does (dmsetup oracle).
+      if (!st && !(await this.rpc("names", { name: "" }, (api) => api.listDevices({}))).devices.some((d) => d.name === direct)) {
+        this.fail(`Device ${p} not found`);
+      }
+      return direct;
+    }
     if (!st) this.fail(`Device ${p} not found`);
     try {
       const real = fs.realpathSync(probe);

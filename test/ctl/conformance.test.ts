@@ -624,6 +624,9 @@ describe("rename, message, wait, selection, misc (items 32-37)", () => {
     await ok(["resume", "-j", "253", "-m", "0"]);
     await ok(["table", `${d.devDir}/mapper/s35`], "0 8 zero \n");
     await ok(["table", "mapper/s35"], "0 8 zero \n");
+    // No node and no such device: libdm's stat fails first (dmsetup oracle).
+    await fails(["info", `${d.devDir}/mapper/MISSING`], [`Device ${d.devDir}/mapper/MISSING not found`, "Command failed."]);
+    await fails(["remove", "mapper/MISSING"], ["Device mapper/MISSING not found", "Command failed."]);
     await fails(["table", "-u", "NOPE"], ["device-mapper: table ioctl on  NOPE failed: No such device or address", "Command failed."]);
     await fails(["message", "-u", "U35", "0", "x"], ["device-mapper: message ioctl on  U35 failed: Invalid argument", "Command failed."]);
     await ok(["remove", "-u", "U35"]);
