@@ -4,9 +4,10 @@ import type { Writable } from "node:stream";
 import type { DeviceInfo, DeviceRef } from "../gen/tsdm/v1/tsdm.js";
 import { DaemonError, describeEndpoint, Tsdm, type Endpoint } from "./client.js";
 import { ioctlErrorLine, strerror, type IoctlTarget } from "./errno.js";
-import type { DeviceView } from "./format.js";
+import { formatInfoBlock, type DeviceView } from "./format.js";
 import { MangleError, nameForKernel, unmangleString, uuidForKernel, type ManglingMode } from "./mangle.js";
 import type { Switches } from "./options.js";
+import { readAheadOpenFailed } from "./report.js";
 
 export interface Io {
   stdin: NodeJS.ReadableStream;
@@ -140,8 +141,17 @@ export class Ctx {
       eventNr: d.eventNr,
       targetCount: inactive ? d.inactiveTargetCount : d.targetCount,
       deferredRemove: d.deferredRemove,
-      readAhead: d.readAheadSectors,
+      readAhead: d.diskAdded ? d.readAheadSectors : undefined,
     };
+  }
+
+  /**
+   * The long `info` block of `d`. A device that never had a table has no disk: libdm cannot open it for the
+   * read-ahead, logs that and leaves the Read Ahead line out.
+   */
+  infoBlock(d: DeviceInfo): string {
+    if (!d.diskAdded) this.err(readAheadOpenFailed(`${this.dmDir}/${d.name}`));
+    return formatInfoBlock(this.view(d));
   }
 
   /**

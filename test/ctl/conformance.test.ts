@@ -164,6 +164,34 @@ describe("create and tables (items 6-13)", () => {
     await ok(["table", "e8", "n8"], "e8: \nn8: \n");
   });
 
+  it("a device that never had a table has no disk: no read-ahead, no block device name, until its first load (dmsetup oracle)", async () => {
+    await ok(["create", "a8", "--table", "0 8 zero"]);
+    await ok(["create", "n8", "--notable"]);
+    const node = `${d.devDir}/mapper/n8`;
+    const openFailed = `${node}: open failed: No such file or directory\n`;
+    const block = "Name:              n8\nState:             ACTIVE\nTables present:    None\nOpen count:        0\nEvent number:      0\nMajor, minor:      253, 1\nNumber of targets: 0\n\n";
+    expect(await ts(["info", "n8"])).toEqual({ code: 0, stdout: block, stderr: openFailed });
+    expect(await ts(["info", "-c", "-o", "name,read_ahead", "n8"])).toEqual({ code: 0, stdout: "Name             RAhead\nn8                    0\n", stderr: openFailed });
+    await ok(["info", "-c", "--noheadings", "n8"], "n8:253:1:---w:0:0:0:\n");
+    await fails(["info", "-c", "-o", "name,blkdevname", "n8"], ["Could not resolve block device name for 253:1.", "_do_report_object: report function failed for field blkdevname", "Command failed."]);
+    await fails(
+      ["info", "-c", "-o", "name,blkdevname"],
+      ["Could not resolve block device name for 253:1.", "_do_report_object: report function failed for field blkdevname", "Command failed."],
+      "Name             BlkDevName      \na8               dm-0            \n",
+    );
+    await ok(["ls", "-o", "blkdevname"], "a8\t(dm-0)\nn8\t(253:1)\n");
+    await ok(["ls", "-o", "devname"], "a8\t(a8)\nn8\t(253:1)\n");
+    await ok(["ls", "--tree", "-o", "ascii,blkdevname"], "a8 <dm-0> (253:0)\nn8 (253:1)\n");
+    // A failed load registers nothing; a successful one does, and the disk stays after clear.
+    await fails(["load", "n8", "--table", "0 8 nosuch"], ["device-mapper: reload ioctl on n8  failed: Invalid argument", "Command failed."]);
+    await ok(["ls", "-o", "blkdevname"], "a8\t(dm-0)\nn8\t(253:1)\n");
+    await ok(["load", "n8", "--table", "0 8 zero"]);
+    await ok(["clear", "n8"]);
+    await ok(["info", "-c", "--noheadings", "-o", "name,blkdevname,read_ahead", "n8"], "n8:dm-1:256\n");
+    await ok(["ls", "-o", "blkdevname"], "a8\t(dm-0)\nn8\t(dm-1)\n");
+    expect((await ts(["info", "n8"])).stdout).toContain("Read Ahead:        256\n");
+  });
+
   it("malformed lines name their source and leave nothing behind (item 9)", async () => {
     const file = path.join(d.dir, "bad9.table");
     fs.writeFileSync(file, "0 8 zero\ngarbage\n");
