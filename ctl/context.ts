@@ -4,9 +4,10 @@ import type { Writable } from "node:stream";
 import type { DeviceInfo, DeviceRef } from "../gen/tsdm/v1/tsdm.js";
 import { DaemonError, describeEndpoint, Tsdm, type Endpoint } from "./client.js";
 import { ioctlErrorLine, strerror, type IoctlTarget } from "./errno.js";
-import type { DeviceView } from "./format.js";
+import { formatInfoBlock, type DeviceView } from "./format.js";
 import { MangleError, nameForKernel, unmangleString, uuidForKernel, type ManglingMode } from "./mangle.js";
 import type { Switches } from "./options.js";
+import { readAheadOpenFailed } from "./report.js";
 
 export interface Io {
   stdin: NodeJS.ReadableStream;
@@ -140,8 +141,17 @@ export class Ctx {
       eventNr: d.eventNr,
       targetCount: inactive ? d.inactiveTargetCount : d.targetCount,
       deferredRemove: d.deferredRemove,
-      readAhead: d.readAheadSectors,
+      readAhead: d.diskAdded ? d.readAheadSectors : undefined,
     };
+  }
+
+  /**
+   * The long `info` block of `d`. A device that never had a table has no disk: libdm cannot open it for the
+   * read-ahead, logs that and leaves the Read Ahead line out.
+   */
+  infoBlock(d: DeviceInfo): string {
+    if (!d.diskAdded) this.err(readAheadOpenFailed(`${this.dmDir}/${d.name}`));
+    return formatInfoBlock(this.view(d));
   }
 
   /**
@@ -171,7 +181,9 @@ export class Ctx {
 
   /**
    * libdm's _dm_task_set_name_from_path: `<dm_dir>/NAME` (or a link to it) names NAME; another existing node
-   * is matched by device number; a relative `x/y` is tried under DM_DEV_DIR. The name is used unmangled.
+   * is matched by device number; a relative `x/y` is tried under DM_DEV_DIR. The name is used unmangled. A
+   * missing `<dm_dir>/NAME` node still names NAME if tsdmd has a device NAME (it makes no nodes with --attach
+   * none, or for a remote client).
    */
   private async nameFromPath(p: string): Promise<string> {
     const dmDir = path.resolve(this.dmDir);
@@ -192,7 +204,15 @@ export class Ctx {
       }
     }
     const direct = lexical(probe) ?? lexical(p);
-    if (direct) return direct;
+    if (direct) {
+      // libdm stats the path first: no node, "Device P not found". tsdmd makes /dev/mapper nodes only for
+      // devices it attaches to kernel block devices, so a device of this daemon is named by its path even
+      // without a node; a path naming no device fails as libdm's does (dmsetup oracle).
+      if (!st && !(await this.rpc("names", { name: "" }, (api) => api.listDevices({}))).devices.some((d) => d.name === direct)) {
+        this.fail(`Device ${p} not found`);
+      }
+      return direct;
+    }
     if (!st) this.fail(`Device ${p} not found`);
     try {
       const real = fs.realpathSync(probe);

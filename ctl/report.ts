@@ -19,6 +19,11 @@ export interface ReportObject {
   unmangledUuid: string;
   readAhead: number;
   blkdevname: string;
+  /**
+   * The device has its kernel disk (a table was loaded once, DeviceInfo.disk_added): without it libdm can
+   * read no read-ahead and resolve no block device name.
+   */
+  diskAdded: boolean;
   major: number;
   minor: number;
   liveTable: boolean;
@@ -33,6 +38,8 @@ export interface ReportObject {
   /** Mapped devices this one uses, and mapped devices using this one (the dependency tree). */
   usesNames?: string[];
   usedBy?: Array<{ name: string; major: number; minor: number }>;
+  /** The device's node under DM_DEV_DIR/mapper (for libdm's messages about opening it). */
+  dmDirPath?: string;
   /** `splitname`'s subsystem argument (otherwise the uuid prefix up to the first `-`). */
   subsystem?: string;
 }
@@ -47,6 +54,11 @@ interface FieldDef {
   value(o: ReportObject): string;
   /** Numeric sort value for NUM fields. */
   num?(o: ReportObject): number;
+  /**
+   * What dm_report_object logs while getting the value: `warn` lines and the value is still shown; a `fail`
+   * line and the report function fails (the row is dropped and the command fails).
+   */
+  check?(o: ReportObject): { warn?: string; fail?: string } | undefined;
 }
 
 const TYPE_DESC: Record<FieldNeed, string> = {
@@ -95,6 +107,12 @@ const num = (id: string, heading: string, width: number, need: FieldNeed, desc: 
   num: n,
 });
 
+/**
+ * libdm's get_dev_node_read_ahead on a device without a disk (never had a table): the node cannot be opened.
+ * libdm makes /dev/mapper nodes at resume, so such a device has none: ENOENT.
+ */
+export const readAheadOpenFailed = (nodePath: string): string => `${nodePath}: open failed: No such file or directory`;
+
 /** dmsetup's report fields (stats fields aside), in its order. */
 export const FIELDS: readonly FieldDef[] = [
   str("name", "Name", 16, "task", "Name of mapped device.", (o) => o.name),
@@ -103,8 +121,16 @@ export const FIELDS: readonly FieldDef[] = [
   str("uuid", "UUID", 32, "task", "Unique (optional) identifier for mapped device.", (o) => o.uuid),
   str("mangled_uuid", "MangledUUID", 32, "task", "Mangled unique (optional) identifier for mapped device.", (o) => o.mangledUuid),
   str("unmangled_uuid", "UnmangledUUID", 32, "task", "Unmangled unique (optional) identifier for mapped device.", (o) => o.unmangledUuid),
-  num("read_ahead", "RAhead", 6, "task", "Read ahead value.", (o) => o.readAhead),
-  str("blkdevname", "BlkDevName", 16, "info", "Name of block device.", (o) => o.blkdevname),
+  {
+    // dm_task_get_read_ahead opens the device node: a device that never had a table has no disk, libdm logs
+    // the failed open and the field shows 0.
+    ...num("read_ahead", "RAhead", 6, "task", "Read ahead value.", (o) => (o.diskAdded ? o.readAhead : 0)),
+    check: (o) => (o.diskAdded ? undefined : { warn: readAheadOpenFailed(o.dmDirPath ?? o.name) }),
+  },
+  {
+    ...str("blkdevname", "BlkDevName", 16, "info", "Name of block device.", (o) => o.blkdevname),
+    check: (o) => (o.diskAdded ? undefined : { fail: `Could not resolve block device name for ${o.major}:${o.minor}.` }),
+  },
   str(
     "attr",
     "Stat",
@@ -361,6 +387,23 @@ export class Report {
   /** What the rows need fetched beyond the device info. */
   needs(): Set<FieldNeed> {
     return new Set(this.columns.map((c) => c.def.need));
+  }
+
+  /**
+   * dm_report_object's field functions for `o`, before addRow: the lines they log (each failure followed by
+   * libdm's `_do_report_object` line) and whether the row can be reported at all.
+   */
+  check(o: ReportObject): { lines: string[]; ok: boolean } {
+    const lines: string[] = [];
+    for (const c of this.columns) {
+      const r = c.def.check?.(o);
+      if (r?.warn) lines.push(r.warn);
+      if (r?.fail) {
+        lines.push(r.fail, `_do_report_object: report function failed for field ${c.def.id}`);
+        return { lines, ok: false };
+      }
+    }
+    return { lines, ok: true };
   }
 
   addRow(o: ReportObject): void {

@@ -136,8 +136,9 @@ async function removeOne(ctx: Ctx, dev: ResolvedDevice, opts: { force: boolean; 
           ctx.err(ioctlErrorLine("table", dev.target, "ENXIO"));
           ctx.err(ioctlErrorLine("reload", dev.target, "ENXIO"));
         }
-        if (e.errno === "EBUSY" && opts.retry && attempt < RETRIES) {
-          // libdm 1.02.185 logs the failure of every attempt.
+        if (e.errno === "EBUSY" && opts.retry && attempt < RETRIES - 1) {
+          // libdm 1.02.185 logs the failure of every attempt: 25 lines in all, the last one the command's
+          // failure (real dmsetup against Linux 6.12, dmsetup oracle).
           ctx.err(ioctlErrorLine(e.op ?? "remove", dev.target, e.errno));
           busy = true;
           return { deferred: false };

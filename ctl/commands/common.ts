@@ -3,7 +3,6 @@ import fs from "node:fs";
 import type { DeviceInfo, GetDepsResponse, TableLine } from "../../gen/tsdm/v1/tsdm.js";
 import type { DaemonError } from "../client.js";
 import { Ctx, Failed } from "../context.js";
-import { formatInfoBlock } from "../format.js";
 import { DM_NAME_LEN, DM_UUID_LEN, mangleString, unmangleString } from "../mangle.js";
 import type { FieldNeed, Report, ReportObject } from "../report.js";
 import type { Selection } from "../select.js";
@@ -53,7 +52,7 @@ export async function readTable(ctx: Ctx, file: string | undefined, tableText: s
 
 /** With -v, the info block after a successful change (dmsetup's _display_info on the same task). */
 export const showInfo = (ctx: Ctx, d: DeviceInfo | undefined): void => {
-  if (d && ctx.sw.verbose) ctx.out(formatInfoBlock(ctx.view(d)));
+  if (d && ctx.sw.verbose) ctx.out(ctx.infoBlock(d));
 };
 
 /** The kernel block device name: the node the device is attached to (loop3, nbd0, ublkb0), else dm-MINOR. */
@@ -165,7 +164,8 @@ export async function buildTree(ctx: Ctx): Promise<DepTree> {
     return n;
   };
   for (const d of devs) {
-    const n = nodeFor(d.major, d.minor, ctx.displayName(d.name), blkdevname(d));
+    // (no block device name for a device that never had a table: it has no disk)
+    const n = nodeFor(d.major, d.minor, ctx.displayName(d.name), d.diskAdded ? blkdevname(d) : "");
     n.name = ctx.displayName(d.name);
     n.info = { suspended: d.suspended, readOnly: d.readOnly, openCount: d.openCount, uuid: ctx.displayUuid(d.uuid) };
     byName.set(d.name, n);
@@ -209,6 +209,8 @@ export async function reportObject(ctx: Ctx, needs: Set<FieldNeed>, d: DeviceInf
     unmangledUuid: d.uuid ? unmangleString(d.uuid, "UUID", ctx.mode).value : "",
     readAhead: d.readAheadSectors,
     blkdevname: blkdevname(d),
+    diskAdded: d.diskAdded,
+    dmDirPath: `${ctx.dmDir}/${d.name}`,
     major: d.major,
     minor: d.minor,
     liveTable: d.liveTable,

@@ -7,7 +7,6 @@ import { ioctlErrorLine } from "../errno.js";
 import {
   formatDepsLine,
   formatDriverVersion,
-  formatInfoBlock,
   formatLibraryVersion,
   formatLsLine,
   formatLsTargetLine,
@@ -24,7 +23,11 @@ export async function reportRow(ctx: Ctx, st: RunState, d: DeviceInfo): Promise<
   const report = st.report!;
   const needs = new Set([...report.needs(), ...(st.selection?.needs ?? [])]);
   const o = await reportObject(ctx, needs, d);
-  if (!st.selection || st.selection.test(o)) report.addRow(o);
+  if (st.selection && !st.selection.test(o)) return;
+  const checked = report.check(o);
+  for (const l of checked.lines) ctx.err(l);
+  if (!checked.ok) throw new Failed();
+  report.addRow(o);
 }
 
 /**
@@ -45,7 +48,7 @@ export async function runSelected(ctx: Ctx, args: string[], st: RunState, handle
 
 export async function displayInfo(ctx: Ctx, st: RunState, d: DeviceInfo): Promise<void> {
   if (st.report) await reportRow(ctx, st, d);
-  else ctx.out(formatInfoBlock(ctx.view(d)));
+  else ctx.out(ctx.infoBlock(d));
   // Not in dmsetup's block (scripts parse it byte for byte): a device in an error state says so on stderr.
   if (d.errorState) ctx.err(`${ctx.displayName(d.name)}: ${d.errorState}`);
 }
@@ -80,7 +83,7 @@ export function tableOrStatus(kind: "table" | "status"): Handler {
     let text = "";
     for (const l of lines) {
       if (ctx.sw.target !== undefined && (!l || l.targetType !== ctx.sw.target)) continue;
-      if (!matched && !concise && ctx.sw.verbose) text += formatInfoBlock(ctx.view(d));
+      if (!matched && !concise && ctx.sw.verbose) text += ctx.infoBlock(d);
       if (!concise && st.multiple && !ctx.sw.verbose) text += `${label}: `;
       if (l && !concise) {
         const params = kind === "table" && !ctx.sw.showkeys ? hideKeys(l.targetType, l.params) : l.params;
@@ -119,7 +122,7 @@ export const deps: Handler = async (ctx, args, st) => {
   const one = async (given: string | undefined, dev: ResolvedDevice): Promise<void> => {
     const res = await ctx.rpc("deps", dev.target, (api) => api.getDeps({ device: dev.ref, inactive: ctx.sw.inactive }));
     const label = given ?? ctx.displayName(res.device!.name);
-    let text = ctx.sw.verbose ? formatInfoBlock(ctx.view(res.device!)) : "";
+    let text = ctx.sw.verbose ? ctx.infoBlock(res.device!) : "";
     const items = res.deps.map((x) => {
       if (st.devNameType === "devno") return { major: x.major, minor: x.minor };
       if (st.devNameType === "devname" && x.dmName) return ctx.displayName(x.dmName);
@@ -185,7 +188,9 @@ export const ls: Handler = async (ctx, _args, st) => {
   }
   await forAll(ctx, false, async (d) => {
     const name = ctx.displayName(d.name);
-    if (st.devNameType === "blkdevname") ctx.out(formatLsLine(name, blkdevname(d)));
+    // A device that never had a table has no disk: dmsetup cannot name it and prints its number.
+    if (!d.diskAdded) ctx.out(formatLsLine(name, { major: d.major, minor: d.minor }));
+    else if (st.devNameType === "blkdevname") ctx.out(formatLsLine(name, blkdevname(d)));
     else if (st.devNameType === "devname") ctx.out(formatLsLine(name, name));
     else ctx.out(formatLsLine(name, { major: d.major, minor: d.minor }));
   });
@@ -235,6 +240,7 @@ export const splitname: Handler = async (_ctx, args, st) => {
     unmangledUuid: "",
     readAhead: 0,
     blkdevname: "",
+    diskAdded: true,
     major: 0,
     minor: 0,
     liveTable: false,

@@ -148,6 +148,7 @@ export function createService(opts: ServiceOptions): DeviceMapperServiceServer {
       errorState: dev.errorState || attachError(dev),
       inactiveTargetTypes: dev.inactive?.targetTypes ?? [],
       inactiveTargetCount: dev.inactive?.targetCount ?? 0,
+      diskAdded: dev.diskAdded,
     };
   };
 

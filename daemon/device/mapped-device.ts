@@ -37,6 +37,11 @@ export class MappedDevice {
   deferredRemove = false;
   readOnly: boolean;
   readAhead = 256;
+  /**
+   * A table has been loaded successfully at least once: Linux registers the device's disk (dm-N) at the first
+   * table load and keeps it until remove, so only from then on does the device have a block device name.
+   */
+  diskAdded = false;
   /** Set when the device could not be brought back after a restart; I/O fails with EIO. */
   errorState = "";
 
@@ -130,6 +135,7 @@ export class MappedDevice {
     const table = await Table.load(lines, { ...this.hooks.tableEnv(this, readOnly), restoring: opts.restoring });
     const old = this.inactive;
     this.inactive = table;
+    this.diskAdded = true;
     await old?.destroy();
     this.hooks.changed(this, "loaded");
   }

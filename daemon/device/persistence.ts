@@ -23,6 +23,8 @@ interface PersistedDevice {
   readOnly: boolean;
   suspended: boolean;
   readAhead?: number;
+  /** A table was once loaded (MappedDevice.diskAdded): kept for a device whose table was cleared since. */
+  diskAdded?: boolean;
   live?: { readOnly: boolean; lines: PersistedLine[] };
   inactive?: { readOnly: boolean; lines: PersistedLine[] };
 }
@@ -138,6 +140,7 @@ export class DeviceStateStore {
     for (const d of dependencyOrder(state.devices)) {
       const dev = this.registry.create({ name: d.name, uuid: d.uuid || undefined, readOnly: d.readOnly, minor: d.minor });
       if (d.readAhead !== undefined) dev.readAhead = d.readAhead;
+      if (d.diskAdded) dev.diskAdded = true;
       try {
         if (d.live) {
           await dev.load(toSpecs(d.live.lines), d.live.readOnly, { restoring: true });
@@ -196,6 +199,7 @@ function snapshot(dev: MappedDevice, pending: PersistedDevice | undefined): Pers
     readOnly: dev.readOnly,
     suspended: dev.live || !pending ? dev.suspended : pending.suspended,
     readAhead: dev.readAhead,
+    diskAdded: dev.diskAdded || undefined,
     live: dev.live ? { readOnly: dev.live.readOnly, lines: dev.live.spec.map(toPersisted) } : pending?.live,
     inactive: dev.inactive ? { readOnly: dev.inactive.readOnly, lines: dev.inactive.spec.map(toPersisted) } : pending?.inactive,
   };

@@ -220,6 +220,24 @@ describe("daemon lifecycle", () => {
     for (const n of ["top", "keep", "lose"]) await call(api, api.removeDevice, { device: byName(n), force: false, deferred: false, retry: false });
   });
 
+  it("disk_added: false until a table loads (a failed load does not count), then true until remove, after clear and across restarts", async () => {
+    await call(api, api.createDevice, { name: "nd", uuid: "", table: [], readOnly: false });
+    await call(api, api.createDevice, { name: "cd", uuid: "", table: [], readOnly: false });
+    const added = async () => Object.fromEntries((await call(api, api.listDevices, {})).devices.map((x) => [x.name, x.diskAdded]));
+    expect(await added()).toEqual({ cd: false, nd: false });
+    await expect(call(api, api.loadTable, { device: byName("cd"), table: [line(0, 8, "nosuch")], readOnly: false })).rejects.toThrow();
+    expect(await added()).toEqual({ cd: false, nd: false });
+    await call(api, api.loadTable, { device: byName("cd"), table: [line(0, 8, "zero")], readOnly: false });
+    await call(api, api.clearTable, { device: byName("cd") });
+    expect(await added()).toEqual({ cd: true, nd: false });
+    api.close();
+    await d.kill();
+    await d.restart();
+    api = connect(d.socket);
+    expect(await added()).toEqual({ cd: true, nd: false });
+    for (const n of ["cd", "nd"]) await call(api, api.removeDevice, { device: byName(n), force: false, deferred: false, retry: false });
+  });
+
   it("a device restored without its backing keeps its saved table until the user replaces it; restart or resume brings it back", async () => {
     const img = path.join(d.dir, "pend.img");
     const away = `${img}.away`;

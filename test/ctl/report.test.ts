@@ -12,6 +12,7 @@ const obj = (over: Partial<ReportObject>): ReportObject => ({
   unmangledUuid: over.uuid ?? "",
   readAhead: 256,
   blkdevname: `dm-${over.minor ?? 0}`,
+  diskAdded: true,
   major: 253,
   minor: 0,
   liveTable: true,

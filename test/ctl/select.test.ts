@@ -11,6 +11,7 @@ const obj = (name: string, openCount: number, uuid = ""): ReportObject => ({
   unmangledUuid: uuid,
   readAhead: 256,
   blkdevname: "dm-0",
+  diskAdded: true,
   major: 253,
   minor: 0,
   liveTable: true,

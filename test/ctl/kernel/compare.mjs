@@ -4,7 +4,8 @@
 // Normalised, and only this (everything else must match byte for byte):
 //  * the program name in getopt messages: argv[0] is `dmsetup` for one and `tsdmsetup` for the other;
 //  * the mapped devices' own major number: the kernel's dynamic device-mapper major (/proc/devices in the
-//    guest) and tsdmd's fixed one are both written DM_MAJOR. Minors are not normalised (both allocate the
+//    guest) and tsdmd's fixed one are both written DM_MAJOR, in the output and in the step's argv (the
+//    scenario passes each side its own major for major:minor operands). Minors are not normalised (both allocate the
 //    lowest free one), nor are the backing loop devices' numbers (7:N), which must match.
 //  * KNOWN DIVERGENCE, not fixed: `info -c -o help`. dmsetup prints the field listing (compared) and then
 //    goes on to run the command without a report: with no devices at all it printed "No devices found" on
@@ -39,8 +40,10 @@ function render(steps, side) {
       stdout = majorAsToken(stdout, major);
       stderr = majorAsToken(stderr, major);
       const show = (t) => t.replace(/ $/gm, " $").replace(/\t/g, "\\t");
+      // major:minor operands and table arguments name mapped devices with the side's major too.
+      const argv = s.argv.map((a) => (a === major ? "DM_MAJOR" : a.replace(new RegExp(`\\b${major}:(\\d+)`, "g"), "DM_MAJOR:$1")));
       return [
-        `$ dmsetup ${s.argv.map((a) => (/^[\w,.:/=+-]+$/.test(a) ? a : JSON.stringify(a))).join(" ")}${s.input !== undefined ? ` <<< ${JSON.stringify(s.input)}` : ""}`,
+        `$ dmsetup ${argv.map((a) => (/^[\w,.:/=+-]+$/.test(a) ? a : JSON.stringify(a))).join(" ")}${s.input !== undefined ? ` <<< ${JSON.stringify(s.input)}` : ""}`,
         `exit ${s.code}`,
         ...(stdout ? ["stdout:", show(stdout).replace(/\n$/, "")] : []),
         ...(stderr ? ["stderr:", show(stderr).replace(/\n$/, "")] : []),

@@ -39,7 +39,13 @@ async function runStep(argv, input) {
 
 const steps = [];
 const t0 = Date.now();
-for (const step of scenario(loops)) {
+// The device-mapper major of this side, for major:minor operands and table arguments naming a mapped device:
+// the kernel's dynamic one, or the one tsdmd reports for its devices.
+const dmMajor =
+  mode === "kernel"
+    ? Number(/^\s*(\d+) device-mapper$/m.exec(fs.readFileSync("/proc/devices", "utf8"))[1])
+    : (await import(path.join(REPO, "dist/daemon/device/mapped-device.js"))).DM_MAJOR;
+for (const step of scenario(loops, dmMajor)) {
   const r = await runStep(step.argv, step.input);
   if (step.filterTargets) {
     r.stdout = r.stdout

@@ -2,7 +2,8 @@
 // device-mapper and once with tsdmsetup against tsdmd (identical arguments). `input` is the step's stdin.
 // L[0..6] are loop devices over 8 MiB files (16384 sectors), one per device that maps one, so that no two
 // devices share a backing device (tsdm claims them exclusively, as the kernel does for foreign holders).
-export function scenario(L) {
+// M is the side's device-mapper major (the kernel's dynamic one, or tsdmd's), for major:minor operands.
+export function scenario(L, M) {
   const SZ = 16384;
   const s = (...argv) => ({ argv });
   return [
@@ -26,16 +27,40 @@ export function scenario(L) {
     s("create", "ro1", "-u", "UUID-ro1", "-r", "--table", `0 1024 linear ${L[5]} 8`),
     s("create", "empty", "--notable"),
     // A device that never had a table: Linux (5.14+) registers its gendisk only at the first table load, so
-    // libdm can neither read its read-ahead (info prints "/dev/mapper/empty: open failed" and no Read Ahead
-    // line) nor name its block device (ls -o blkdevname/devname print the devno, info -c blkdevname fails).
-    // tsdm does not model that state (a known divergence, see the report): only what does not depend on it is
-    // compared here; then an inactive table loaded and cleared gives the kernel device its disk.
+    // libdm can neither read its read-ahead (info prints an "open failed" line and no Read Ahead line) nor
+    // name its block device (ls -o blkdevname/devname print the devno, info -c -o blkdevname fails). A failed
+    // load registers nothing; a successful one (even if then cleared) registers the disk until remove.
     s("info", "-c", "-o", "name,attr,tables_loaded,suspended,readonly,segments,events", "empty"),
+    s("info", "empty"),
+    s("info", "-c", "empty"),
+    s("info", "-c", "-o", "name,blkdevname", "empty"),
+    s("info", "-c", "-o", "name,read_ahead", "empty"),
+    s("info", "-c", "-o", "name,devno,major,minor", "empty"),
+    s("ls", "-o", "blkdevname"),
+    s("ls", "-o", "devname"),
+    s("ls", "--tree"),
+    s("ls", "--tree", "-o", "ascii,blkdevname,device,active,open,rw,uuid"),
+    s("info"),
+    s("info", "-c", "-o", "name,blkdevname"),
     s("table", "empty"),
     s("status", "empty"),
     s("deps", "empty"),
+    s("deps", "-o", "devname", "empty"),
+    s("deps", "-o", "blkdevname", "empty"),
+    s("table", "--concise", "empty"),
+    s("create", "-v", "vnt", "--notable"),
+    s("remove", "vnt"),
+    s("load", "empty", "--table", "0 8 nosuch"),
+    s("info", "empty"),
+    // create with an empty table on stdin: a device without a table too
+    { argv: ["create", "nul"], input: "" },
+    s("info", "nul"),
+    s("ls", "-o", "blkdevname"),
+    s("remove", "nul"),
     s("load", "empty", "--table", "0 8 zero"),
     s("clear", "empty"),
+    s("info", "empty"),
+    s("info", "-c", "-o", "name,blkdevname,read_ahead", "empty"),
     // error 1.7.0 takes two arguments as a device and offset (deps shows it), ignores any others
     s("create", "errdev", "--table", `0 8 error ${L[6]} 0`),
     s("create", "errargs", "--table", "0 8 error x y z"),
@@ -176,5 +201,82 @@ export function scenario(L) {
     s("ls"),
     s("info"),
     s("info", "-c"),
+
+    // Stacked devices (dm on dm), from no devices: minors are allocated lowest free on both sides, so the
+    // lower devices are 0 and 1 here. Operands are major:minor (M is the device-mapper major of the side) or
+    // /dev/mapper/NAME (the kernel's dm_get_device resolves the node libdm made; tsdmd resolves the path to
+    // its own device without a node).
+    s("create", "low1", "--table", "0 4096 zero"),
+    s("create", "low2", "--table", "0 2048 zero"),
+    s("create", "mid", "--table", `0 2048 linear ${M}:0 0\n2048 2048 linear ${M}:1 0`),
+    s("create", "top", "--table", `0 1024 linear ${M}:2 8`),
+    s("create", "side", "--table", "0 1024 linear /dev/mapper/low1 2048"),
+    s("create", "never", "--notable"),
+    s("create", "onnever", "--table", `0 8 linear ${M}:5 0`),
+    s("create", "toobig", "--table", `0 4097 linear ${M}:0 0`),
+    s("deps"),
+    s("deps", "mid"),
+    s("deps", "-o", "devname", "mid", "top"),
+    s("deps", "-o", "blkdevname", "top"),
+    s("table", "mid", "side"),
+    s("ls", "--tree"),
+    s("ls", "--tree", "-o", "ascii"),
+    s("ls", "--tree", "-o", "ascii,inverted"),
+    s("ls", "--tree", "-o", "ascii,compact"),
+    s("ls", "--tree", "-o", "ascii,blkdevname,open,rw"),
+    s("ls", "--tree", "-o", "ascii,inverted,nodevice"),
+    s("info", "low1"),
+    s("info", "-j", String(M), "-m", "2"),
+    s("info", "-c", "-o", "name,open,device_count,devs_used,devnos_used,blkdevs_used,names_using_dev,devnos_using_dev"),
+    s("load", "top", "--table", `0 8 linear ${M}:3 0`),
+    // Left out: a table closing a cycle through other devices (`load low2` over top, which maps mid, which
+    // maps low2). The kernel accepts it (only a device's own number is refused, as above) and then cannot
+    // remove any of them; tsdmd refuses it with EINVAL on purpose, since I/O through a cycle would recurse in
+    // the daemon without end.
+    s("remove", "low1"),
+    s("remove", "mid"),
+    s("remove", "--retry", "low2"),
+    s("suspend", "low1"),
+    s("info", "-c", "-o", "name,attr", "low1", "side"),
+    s("resume", "low1"),
+    s("remove", "top"),
+    // --force on a device in use: its table is replaced by error, the remove still fails with EBUSY
+    s("remove", "-f", "low2"),
+    s("table", "low2"),
+    s("info", "-c", "-o", "name,open", "mid", "low1", "low2"),
+    s("remove_all"),
+    s("ls"),
+
+    // create --concise, /dev/mapper/NAME operands, setgeometry.
+    // /dev/mapper/NAME operands are compared for devices with a live table and for a missing device: libdm
+    // stats the node (it makes it at resume) first; tsdmd --attach none makes no nodes, and tsdmsetup names a
+    // device of its daemon by the path alone. Left out: such an operand for a device that never had a table
+    // (no node, so dmsetup says "Device ... not found" where tsdmsetup finds the device), and /dev/dm-N or
+    // symlinks to nodes (no nodes on the tsdm side).
+    s("create", "--concise", "c1,,,ro,0 8 zero;c2,UUID-c2,,,0 8 zero,8 8 error"),
+    { argv: ["create", "--concise"], input: "c3,,7,rw,0 16 zero\n" },
+    s("ls"),
+    s("table", "--concise", "c1", "c2", "c3"),
+    s("info", "c1"),
+    s("info", "-c", "-o", "name,uuid,attr,segments", "c2"),
+    s("create", "--concise", "c4,,,xx,0 8 zero"),
+    s("create", "--concise", "c4,U4,0 8 zero"),
+    s("create", "--concise", "c1,,,,0 8 zero"),
+    s("create", "--concise", "c5,,,,0 8 zero", "--notable"),
+    s("info", "/dev/mapper/c1"),
+    s("table", "/dev/mapper/c2"),
+    s("status", "/dev/mapper/c3"),
+    s("message", "/dev/mapper/c3", "0", "x"),
+    s("info", "/dev/mapper/missing"),
+    s("setgeometry", "c3", "65536", "1", "1", "0"),
+    s("setgeometry", "c3", "1024", "255", "63", "0"),
+    s("setgeometry", "c3", "1024", "256", "63", "0"),
+    s("setgeometry", "c3", "x", "1", "1", "0"),
+    s("setgeometry", "missing", "1", "1", "1", "0"),
+    s("setgeometry", "c3", "1", "1", "1"),
+    s("remove", "/dev/mapper/c1"),
+    s("remove", "--retry", "c2", "c3"),
+    s("remove", "--retry", "missing"),
+    s("ls"),
   ];
 }
