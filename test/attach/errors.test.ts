@@ -69,9 +69,10 @@ describe.runIf(process.getuid?.() === 0)("tsdmd --attach fuse: attach failures a
 
   it("resume fails the same way; info reports it on stderr only; once the cause is gone mknodes attaches it", async () => {
     await ok(["create", "late", "-j", "253", "-m", "10", "--notable"]);
-    const healthy = await ok(["info", "late"]); // the shape of a block without a table
     const plant = obstruct(10);
     await ok(["load", "late", "--table", `0 ${8 * 2048} zero`]);
+    // The shape of the block of a device that has had a table (one that never had one has no Read Ahead line).
+    const healthy = await ok(["info", "late"]);
     const r = await d.tsdmsetup(["resume", "late"]);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("mknod for late failed");
