@@ -12,6 +12,7 @@
  *   `2 log_sector_size <bytes>` (a power of two, 512..65536) logs in that unit instead; the target's logical
  *   block size becomes max(data device's, bytes) so every request is a whole number of log units.
  *   Example: `0 2097152 log-writes /dev/vdb /dev/vdc 2 log_sector_size 4096`.
+ * - Like the kernel, the same device may be given as both (the log then lands on the data).
  * - Like the kernel, other arguments after the two devices are ignored (`log-writes d l 4096` is `log-writes d l`);
  *   only a group starting `<n> log_sector_size` is parsed, and it must be valid.
  *
@@ -41,7 +42,8 @@ export const logWritesTarget: TargetType = {
     const mode = ctx.readOnly ? "r" : "rw";
     const dev = await open(ctx, args[0]!, mode, "Device lookup failed");
     const logDev = await open(ctx, args[1]!, mode, "Log device lookup failed");
-    if (dev.label === logDev.label) throw invalid(`Data and log device are the same device (${dev.label})`);
+    // The kernel accepts the same device as data and log device (dm_get_device takes a second reference), and so
+    // does tsdm (dmsetup oracle): the log then overwrites the data, as it would there.
     if (ctx.start + length > dev.size) {
       throw invalid(`Device ${args[0]} too small for target: start=${ctx.start}, len=${length}, dev_size=${dev.size}`);
     }

@@ -24,6 +24,10 @@ dmsetup remove_all
 left=$(dmsetup ls)
 if [ "$left" != "No devices found" ]; then echo "kernel devices left: $left"; rc=1; fi
 
+# The same loop devices again, zeroed: era formats fresh metadata only on an all-zero device, and the
+# log-writes log starts empty.
+for l in "${loops[@]}"; do dd if=/dev/zero of="$l" bs=1M count=8 oflag=direct status=none || rc=1; done
+
 # tsdmd without kernel block devices (--attach none): see run.sh.
 mkdir -p /tmp/tsdm
 export TSDM_SOCKET=/tmp/tsdm/tsdmd.sock
