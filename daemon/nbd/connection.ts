@@ -24,7 +24,7 @@ import {
   putSimpleReply,
 } from "./protocol.js";
 import { cover, innerBlocks, isAligned, readUnaligned, writeUnaligned, zeroUnaligned } from "./unaligned.js";
-import { writeZeroesFallback } from "./zeroes.js";
+import { writeZeroes } from "./zeroes.js";
 import { sharedPool } from "../io/buffer-pool.js";
 import { adoptSocket } from "./adopt-socket.js";
 import type { PayloadBudget } from "./budget.js";
@@ -373,7 +373,7 @@ export class Connection {
     if (this.partial(this.wOffset, data.length)) {
       this.started(data.length);
       const done = writeUnaligned(this.dev, this.wOffset, data, (this.wFlags & CmdFlag.FUA) !== 0, this.align);
-      return this.awaitEmpty(Cmd.WRITE, this.wCookieHi, this.wCookieLo, done, undefined, data.length, pooled);
+      return this.awaitEmpty(Cmd.WRITE, this.wCookieHi, this.wCookieLo, done, data.length, pooled);
     }
     const bio: Bio = {
       op: "write",
@@ -411,32 +411,23 @@ export class Connection {
     // the client (qemu-img convert's pre-zeroing) take its slow path.
     if ((flags & CmdFlag.FAST_ZERO) !== 0) return this.replyEmpty(cookieHi, cookieLo, NbdErr.ENOTSUP);
     if (length === 0) return this.replyEmpty(cookieHi, cookieLo, 0);
-    if (this.partial(offset, length)) {
-      this.started(0);
-      const done = zeroUnaligned(this.dev, offset, length, (flags & CmdFlag.FUA) !== 0, (flags & CmdFlag.NO_HOLE) !== 0, this.align);
-      return this.awaitEmpty(Cmd.WRITE_ZEROES, cookieHi, cookieLo, done, undefined, 0);
-    }
-    const bio: Bio = {
-      op: "write_zeroes",
-      sector: (offset / 512) as Sector,
-      count: (length / 512) as Sector,
-      fua: (flags & CmdFlag.FUA) !== 0,
-      noUnmap: (flags & CmdFlag.NO_HOLE) !== 0,
-    };
-    this.submitEmpty(Cmd.WRITE_ZEROES, cookieHi, cookieLo, bio, 0);
+    const fua = (flags & CmdFlag.FUA) !== 0;
+    const noUnmap = (flags & CmdFlag.NO_HOLE) !== 0;
+    this.started(0);
+    const done = this.partial(offset, length)
+      ? zeroUnaligned(this.dev, offset, length, fua, noUnmap, this.align)
+      : writeZeroes(this.dev, { op: "write_zeroes", sector: (offset / 512) as Sector, count: (length / 512) as Sector, fua, noUnmap });
+    this.awaitEmpty(Cmd.WRITE_ZEROES, cookieHi, cookieLo, done, 0);
   }
 
   /** Submit a bio whose success reply carries no data. */
   private submitEmpty(type: number, cookieHi: number, cookieLo: number, bio: Bio, bytes: number, pooled?: Buffer): void {
     this.started(bytes);
-    this.awaitEmpty(type, cookieHi, cookieLo, this.submitBio(bio), bio, bytes, pooled);
+    this.awaitEmpty(type, cookieHi, cookieLo, this.submitBio(bio), bytes, pooled);
   }
 
-  /**
-   * Reply to a request with no reply data once `done` settles. `bio`, when the request was one, lets a
-   * WRITE_ZEROES the target cannot do fall back to writing zeroes. The caller has counted the request started.
-   */
-  private awaitEmpty(type: number, cookieHi: number, cookieLo: number, done: Promise<void>, bio: Bio | undefined, bytes: number, pooled?: Buffer): void {
+  /** Reply to a request with no reply data once `done` settles. The caller has counted the request started. */
+  private awaitEmpty(type: number, cookieHi: number, cookieLo: number, done: Promise<void>, bytes: number, pooled?: Buffer): void {
     done.then(
       () => {
         if (pooled) sharedPool.put(pooled);
@@ -444,7 +435,7 @@ export class Connection {
       },
       (e: unknown) => {
         if (pooled) sharedPool.put(pooled);
-        this.emptyFailed(type, cookieHi, cookieLo, bio, bytes, e);
+        this.emptyFailed(type, cookieHi, cookieLo, bytes, e);
       },
     );
   }
@@ -464,19 +455,11 @@ export class Connection {
     this.maybeFinish();
   }
 
-  private emptyFailed(type: number, cookieHi: number, cookieLo: number, bio: Bio | undefined, bytes: number, e: unknown): void {
+  private emptyFailed(type: number, cookieHi: number, cookieLo: number, bytes: number, e: unknown): void {
     const err = nbdErrorOf(e);
     if (err === NbdErr.ENOTSUP && type === Cmd.TRIM) {
       // TRIM is advisory: a target that cannot discard has done all it needs to.
       return this.emptyDone(cookieHi, cookieLo, bytes);
-    }
-    if (err === NbdErr.ENOTSUP && type === Cmd.WRITE_ZEROES && bio) {
-      // As the block layer does for REQ_OP_WRITE_ZEROES: fall back to writing zero buffers.
-      writeZeroesFallback(this.dev, bio).then(
-        () => this.emptyDone(cookieHi, cookieLo, bytes),
-        (e2: unknown) => this.emptyFailed(Cmd.WRITE, cookieHi, cookieLo, bio, bytes, e2),
-      );
-      return;
     }
     this.finished(bytes);
     this.log.debug("nbd request failed", { cmd: CMD_NAMES[type] ?? type, error: errorMessage(e) });

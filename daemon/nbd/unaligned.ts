@@ -1,9 +1,7 @@
 import type { MappedDevice } from "../device/mapped-device.js";
 import type { Sector } from "../core/units.js";
 import type { Bio } from "../io/bio.js";
-import { nbdErrorOf } from "./errno.js";
-import { NbdErr } from "./protocol.js";
-import { writeZeroesFallback } from "./zeroes.js";
+import { writeZeroes } from "./zeroes.js";
 
 /**
  * Requests that are not whole blocks, from clients that never agreed to block sizes.
@@ -89,10 +87,7 @@ export async function zeroUnaligned(dev: MappedDevice, offset: number, length: n
   const inner = innerBlocks(offset, length, align);
   if (inner.end > inner.start) {
     const bio: Bio = { op: "write_zeroes", sector: sectorsOf(inner.start), count: sectorsOf(inner.end - inner.start), fua, noUnmap };
-    await dev.submit(bio).catch((e: unknown) => {
-      if (nbdErrorOf(e) === NbdErr.ENOTSUP) return writeZeroesFallback(dev, bio);
-      throw e;
-    });
+    await writeZeroes(dev, bio);
   }
   const end = offset + length;
   const head = Math.min(end, inner.end > inner.start ? inner.start : end);

@@ -2,6 +2,8 @@ import fs from "node:fs";
 import fc from "fast-check";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { Sector } from "../../daemon/core/units.js";
+import { DmError } from "../../daemon/core/errors.js";
+import { findTargetType, registerTargetType } from "../../daemon/targets/index.js";
 import { CMD, NbdClient, NbdError } from "../helpers/nbd-client.js";
 import { makeFile } from "../helpers/registry.js";
 import { runOk, startNbd, type NbdFixture } from "./fixture.js";
@@ -170,6 +172,46 @@ describe("model check: pipelined byte-granular writes and zeroes on a device tha
       { numRuns: Number(process.env.FUZZ_RUNS ?? 40) },
     );
     expect(fileBytes(file).equals(model)).toBe(true);
+    await c.disconnect();
+  });
+});
+
+describe("WRITE_ZEROES on a target that cannot zero (EOPNOTSUPP): written as zero buffers", () => {
+  /** A memory target that refuses write_zeroes, as a device without REQ_OP_WRITE_ZEROES support does. */
+  const mem = Buffer.alloc(64 * 1024, 0x5a);
+  const ops: string[] = [];
+  if (!findTargetType("test-nozero")) {
+    registerTargetType({
+      name: "test-nozero",
+      version: [0, 0, 1],
+      async construct() {
+        return {
+          async map(bio) {
+            ops.push(bio.op);
+            const at = bio.sector * 512;
+            if (bio.op === "write_zeroes") throw new DmError("EOPNOTSUPP", "cannot zero");
+            if (bio.op === "read") mem.copy(bio.data!, 0, at, at + bio.data!.length);
+            if (bio.op === "write") bio.data!.copy(mem, at);
+          },
+          status: () => "",
+          async destroy() {},
+        };
+      },
+    });
+  }
+
+  it("whole blocks and a byte range both end up zero, nothing else changes", async () => {
+    const dev = fx.reg.create({ name: "nz" });
+    await dev.load([{ start: 0 as Sector, length: (mem.length / 512) as Sector, type: "test-nozero", params: "" }], false);
+    await dev.resume({ noflush: false });
+    const c = await NbdClient.connect(fx.sock, "nz");
+    const model = Buffer.from(mem);
+    await c.request(CMD.WRITE_ZEROES, 4096, 8192);
+    model.fill(0, 4096, 12288);
+    await c.request(CMD.WRITE_ZEROES, 20000, 3000);
+    model.fill(0, 20000, 23000);
+    expect(mem.equals(model)).toBe(true);
+    expect(ops.filter((o) => o === "write_zeroes")).toHaveLength(2); // each tried natively first
     await c.disconnect();
   });
 });
