@@ -66,10 +66,10 @@ export class FileDevice implements BlockDevice {
       const mode = readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR;
       fd = fs.openSync(path, mode);
       const st = fs.fstatSync(fd);
-      if (!st.isFile() && !st.isBlockDevice()) throw new DmError("EINVAL", `${path} is neither a regular file nor a block device`);
-      if (st.isBlockDevice()) claim = claimBlockDevice(path, st.rdev);
-      syncFd = readOnly ? -1 : fs.openSync(path, mode | fs.constants.O_DSYNC);
       const isBlock = st.isBlockDevice();
+      if (!st.isFile() && !isBlock) throw new DmError("EINVAL", `${path} is neither a regular file nor a block device`);
+      if (isBlock) claim = claimBlockDevice(path, st.rdev);
+      syncFd = readOnly ? -1 : fs.openSync(path, mode | fs.constants.O_DSYNC);
       const sizeBytes = isBlock ? Number(native.blkGetSize64(fd)) : st.size;
       const lbs = isBlock ? native.blkLogicalBlockSize(fd) : 512;
       const devno = isBlock ? { major: major(st.rdev), minor: minor(st.rdev) } : { major: 0, minor: 0 };
